@@ -1,0 +1,80 @@
+"""Training checkpoints: a pretrained-model directory plus what resuming needs.
+
+Layout (``medgrain.load_pretrained`` reads the first three; ``--resume`` reads all):
+    model.safetensors, config.json, tokenizer/     the model (save_pretrained)
+    objective.safetensors                          weights owned by the loss (MGCA's prototypes)
+    train_state.pt                                 optimizer, scheduler, counters, RNG: loaded with weights_only=True
+    run.yaml                                       the resolved run config
+
+Written into a staging folder and swapped in with renames: a run killed mid-write leaves the
+previous checkpoint whole (as ``NAME`` or, if killed between the two renames, ``NAME.old``).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..models import save_pretrained
+
+TRAIN_STATE = "train_state.pt"
+OBJECTIVE_WEIGHTS = "objective.safetensors"
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    old = target.with_name(target.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if target.exists():
+        target.rename(old)
+    staging.rename(target)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def save_checkpoint(target: Path, *, model: nn.Module, tokenizer, objective: nn.Module,
+                    optimizer: torch.optim.Optimizer, scheduler, state: dict[str, Any], run_yaml: str) -> Path:
+    target = Path(target)
+    staging = target.with_name(target.name + ".staging")
+    if staging.exists():
+        shutil.rmtree(staging)
+    save_pretrained(model, tokenizer, staging)
+    obj_state = {k: v.detach().contiguous().cpu() for k, v in objective.state_dict().items()}
+    if obj_state:
+        save_file(obj_state, str(staging / OBJECTIVE_WEIGHTS))
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **state},
+        staging / TRAIN_STATE,
+    )
+    (staging / "run.yaml").write_text(run_yaml)
+    _swap_in(staging, target)
+    return target
+
+
+def find_resumable(target: Path) -> Path | None:
+    """The checkpoint to resume from: ``target``, or its ``.old`` twin left by an interrupted swap."""
+    target = Path(target)
+    for cand in (target, target.with_name(target.name + ".old")):
+        if (cand / TRAIN_STATE).is_file() and (cand / "model.safetensors").is_file():
+            return cand
+    return None
+
+
+def load_training_state(directory: Path, *, model: nn.Module, objective: nn.Module,
+                        optimizer: torch.optim.Optimizer, scheduler) -> dict[str, Any]:
+    from safetensors.torch import load_model
+
+    directory = Path(directory)
+    missing, unexpected = load_model(model, str(directory / "model.safetensors"), strict=True)
+    obj_path = directory / OBJECTIVE_WEIGHTS
+    if obj_path.is_file():
+        objective.load_state_dict(load_file(str(obj_path)), strict=True)
+    state = torch.load(directory / TRAIN_STATE, map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(state.pop("optimizer"))
+    scheduler.load_state_dict(state.pop("scheduler"))
+    return state

@@ -1,0 +1,209 @@
+"""Pretraining configuration: YAML validated with pydantic, dotted ``key=value`` overrides.
+
+A wrong key or value is named in the error together with the file it came from; every run writes
+its resolved config next to its outputs (``run.yaml``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+OBJECTIVES = ("clip", "mgll", "mgca", "mgca+mgll")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class SyntheticData(_Strict):
+    """Generate the synthetic dataset at ``data.manifest``'s folder when it does not exist yet."""
+
+    domain: Literal["cxr", "fundus"] = "cxr"
+    n: int = Field(300, ge=10)
+    size: int = Field(64, ge=32)
+    seed: int = 0
+    workers: int = Field(1, ge=1)
+
+
+class DataConfig(_Strict):
+    manifest: Path
+    train_split: Literal["train", "valid", "test"] = "train"
+    valid_split: Literal["train", "valid", "test"] | None = "valid"
+    granularities: list[str] | None = None  # default: the manifest's, coarse to fine
+    max_length: int | None = Field(None, ge=8)  # default: the model's tokenizer setting
+    num_workers: int = Field(0, ge=0)
+    on_error: Literal["raise", "skip"] = "raise"
+    synthetic: SyntheticData | None = None
+
+
+class ModelSection(_Strict):
+    preset: str = "tiny"
+    overrides: dict[str, Any] = {}  # fields of medgrain.models.ModelConfig, merged into the preset
+
+
+class ClipOptions(_Strict):
+    # Which text the image is contrasted with: "report" or a granularity name (default: the report when
+    # the data has one, else the finest granularity).
+    text: str | None = None
+
+
+class MGLLOptions(_Strict):
+    alpha_clip: float = Field(0.5, ge=0)
+    alpha_point: float = Field(1.0, ge=0)
+    alpha_kl: float = Field(1.0, ge=0)
+    cooccurrence: Literal["exact", "jaccard"] = "exact"
+    point_target: Literal["cooccurrence", "soft"] = "cooccurrence"
+    granularity_reduction: Literal["mean", "sum"] = "mean"
+
+
+class MGCAOptions(_Strict):
+    lambda_ita: float = Field(1.0, ge=0)
+    lambda_tca: float = Field(1.0, ge=0)
+    lambda_cpa: float = Field(1.0, ge=0)
+    num_prototypes: int = Field(500, ge=2)
+    ita_temperature: float = Field(0.07, gt=0)
+    tca_temperature: float = Field(0.1, gt=0)
+    attention_temperature: float = Field(0.1, gt=0)
+    cpa_temperature: float = Field(0.2, gt=0)
+    epsilon: float = Field(0.05, gt=0)
+    sinkhorn_iterations: int = Field(3, ge=1)
+    learnable_cross_attention: bool = False
+    freeze_prototypes_epochs: int = Field(1, ge=0)
+    # [CLS]-attention weights are clamped to these per-row quantiles before renormalising.
+    weight_low: float = Field(0.1, ge=0, le=1)
+    weight_high: float = Field(0.9, ge=0, le=1)
+
+
+class ObjectiveConfig(_Strict):
+    name: Literal["clip", "mgll", "mgca", "mgca+mgll"]
+    clip: ClipOptions = ClipOptions()
+    mgll: MGLLOptions = MGLLOptions()
+    mgca: MGCAOptions = MGCAOptions()
+
+
+class OptimConfig(_Strict):
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(1e-8, gt=0)
+    warmup_steps: int | None = Field(None, ge=0)  # takes precedence over warmup_ratio
+    warmup_ratio: float = Field(0.05, ge=0, le=1)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)  # cosine decays to lr * min_lr_ratio
+    clip_grad: float | None = Field(1.0, gt=0)
+
+
+class TrainSection(_Strict):
+    seed: int = 0
+    output_dir: Path = Path("runs/pretrain")
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(32, ge=2)  # per process; MGLL/CLIP need at least two samples
+    grad_accum: int = Field(1, ge=1)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    log_every: int = Field(10, ge=1)
+    eval_every: int = Field(1, ge=1)  # epochs
+    checkpoint_every: int | None = Field(None, ge=1)  # steps, in addition to every epoch's end
+    max_nonfinite_steps: int = Field(5, ge=1)  # consecutive skipped steps before stopping
+    stop_after_steps: int | None = Field(None, ge=1)  # stop early (the schedule still plans all epochs)
+    sync_batchnorm: bool = True  # under DDP, so BatchNorm heads see the global batch
+    progress: bool = True
+    tensorboard: bool = True
+
+
+class RunConfig(_Strict):
+    data: DataConfig
+    model: ModelSection = ModelSection()
+    objective: ObjectiveConfig
+    optim: OptimConfig = OptimConfig()
+    train: TrainSection = TrainSection()
+
+    @model_validator(mode="after")
+    def _check(self) -> RunConfig:
+        if self.data.valid_split is not None and self.data.valid_split == self.data.train_split:
+            raise ValueError("data.valid_split must differ from data.train_split")
+        if self.objective.mgca.weight_low >= self.objective.mgca.weight_high:
+            raise ValueError("objective.mgca.weight_low must be below objective.mgca.weight_high")
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _format_validation(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        got = "" if e["type"] in ("extra_forbidden", "missing") else f" (got {e.get('input')!r})"
+        lines.append(f"  {key}: {msg}{got}")
+    return "\n".join(lines)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key.subkey=value")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {item!r}: value is not valid YAML: {e}") from None
+    return parts, value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        parts, value = parse_override(item)
+        node = data
+        for p in parts[:-1]:
+            nxt = node.get(p)
+            if nxt is None:
+                nxt = node[p] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {item!r}: '{p}' is a value, not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return data
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A path, or the name of a preset shipped in ``configs/`` (with or without ``.yaml``)."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    shipped = Path(__file__).resolve().parents[2] / "configs"
+    for cand in (shipped / p.name, shipped / f"{p.name}.yaml"):
+        if cand.is_file():
+            return cand
+    names = sorted(c.stem for c in shipped.glob("*.yaml")) if shipped.is_dir() else []
+    raise ConfigError(f"config not found: {name_or_path} (shipped presets: {', '.join(names) or 'none'})")
+
+
+def load_config(source: str | Path | dict, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML file (or a dict), apply ``key=value`` overrides, validate."""
+    if isinstance(source, dict):
+        data, where = dict(source), "(dict)"
+    else:
+        path = resolve_config_path(source)
+        where = str(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+    data = apply_overrides(data, overrides or [])
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation(e, where)) from None

@@ -1,0 +1,83 @@
+"""Run logging: a JSONL file (the source of truth for curves and the report), TensorBoard, and a
+rich progress bar with the loss, throughput and ETA. Only rank 0 logs."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+class RunLogger:
+    def __init__(self, out: Path, enabled: bool = True, tensorboard: bool = True, progress: bool = True,
+                 total_steps: int = 0, start_step: int = 0):
+        self.enabled = enabled
+        self.metrics_path = Path(out) / "metrics.jsonl"
+        self._tb = None
+        self._progress = None
+        self._task = None
+        self._t0 = time.time()
+        if not enabled:
+            return
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(log_dir=str(Path(out) / "tensorboard"))
+            except ImportError:  # tensorboard is a dependency; a broken install should not stop training
+                self.warn("tensorboard is not importable; logging to metrics.jsonl only")
+        if progress and sys.stderr.isatty():
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+
+            self._progress = Progress(
+                TextColumn("[bold]pretrain[/] epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                transient=False,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("train", total=total_steps, completed=start_step, loss=float("nan"),
+                                                 epoch=0)
+
+    def log(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        row = {**row, "time": round(time.time() - self._t0, 3)}
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self._tb is not None:
+            split = row.get("split", "train")
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k not in ("step", "epoch", "time"):
+                    self._tb.add_scalar(f"{split}/{k}", v, row.get("step", 0))
+        if self._progress is None and row.get("split") == "valid":
+            print(f"[valid] step {row['step']} loss {row['loss']:.4f}", file=sys.stderr)
+        elif self._progress is None:
+            print(f"[train] step {row['step']} loss {row.get('loss', float('nan')):.4f} "
+                  f"{row.get('samples_per_s', 0):.1f} samples/s", file=sys.stderr)
+
+    def advance(self, step: int, fields: dict[str, Any]) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step, **fields)
+
+    def warn(self, message: str) -> None:
+        if self.enabled:
+            print(f"warning: {message}", file=sys.stderr)
+            with self.metrics_path.open("a") as f:
+                f.write(json.dumps({"split": "warning", "message": message}) + "\n")
+
+    def close(self, summary: dict[str, Any] | None = None) -> None:
+        if not self.enabled:
+            return
+        if self._progress is not None:
+            self._progress.stop()
+        if self._tb is not None:
+            self._tb.close()
+        if summary:
+            self.log({"split": "summary", **summary})
+            if summary.get("skipped_records") or summary.get("skipped_steps"):
+                print(f"skipped: {summary.get('skipped_records', 0)} record(s) with bad input, "
+                      f"{summary.get('skipped_steps', 0)} step(s) with a non-finite loss or gradient",
+                      file=sys.stderr)

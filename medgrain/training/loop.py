@@ -1,0 +1,338 @@
+"""The pretraining loop: one machine or torchrun (DDP), the same code path.
+
+``train(config)`` is callable from tests and notebooks; ``medgrain pretrain`` is a thin wrapper.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..data.dataset import Collator, ImageTextDataset
+from ..data.manifest import read_manifest
+from ..data.transforms import eval_transform, pretrain_transform
+from ..losses.objective import Objective, build_objective
+from ..models import create_model
+from . import distributed as mdist
+from .checkpoint import find_resumable, load_training_state, save_checkpoint
+from .config import RunConfig
+from .logging import RunLogger
+from .optim import build_optimizer, build_scheduler
+from .sampling import EpochSeededDataset, ShardedBatchSampler
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class TrainingModule(nn.Module):
+    """Model and objective in one module, so DDP sees one forward and synchronises both
+    (the objective may own parameters: MGCA's prototypes, learnable cross-attention)."""
+
+    def __init__(self, model: nn.Module, objective: Objective):
+        super().__init__()
+        self.model, self.objective = model, objective
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        return self.objective(self.model, batch)
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    last_checkpoint: Path
+    best_checkpoint: Path | None
+    history: list[dict[str, Any]]
+    skipped_steps: int
+    skipped_records: int
+
+    @property
+    def valid_losses(self) -> list[float]:
+        return [h["loss"] for h in self.history if h.get("split") == "valid"]
+
+
+def _to_device(obj, device: torch.device):
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    return obj
+
+
+def ensure_data(cfg: RunConfig, is_main: bool = True) -> Path:
+    manifest = Path(cfg.data.manifest)
+    if manifest.is_file():
+        return manifest
+    syn = cfg.data.synthetic
+    if syn is None:
+        raise FileNotFoundError(
+            f"manifest not found: {manifest} (set data.synthetic to generate a synthetic dataset there)"
+        )
+    from ..data.synthetic import generate
+
+    if is_main:
+        generate(syn.domain, manifest.parent, n=syn.n, seed=syn.seed, size=syn.size, workers=syn.workers)
+    mdist.barrier()
+    if not manifest.is_file():
+        raise FileNotFoundError(f"synthetic generation did not write {manifest}")
+    return manifest
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
+    env = mdist.setup(cfg.train.device)
+    try:
+        return _train(cfg, env, resume)
+    finally:
+        mdist.cleanup()
+
+
+def _train(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> TrainResult:
+    t = cfg.train
+    out = Path(t.output_dir)
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "run.yaml").write_text(cfg.to_yaml())
+    manifest = read_manifest(ensure_data(cfg, env.is_main), on_error=cfg.data.on_error)
+
+    # Same initialisation on every rank (DDP also broadcasts it); then per-rank streams for dropout.
+    _seed_everything(t.seed)
+    created = create_model(cfg.model.preset, **cfg.model.overrides)
+    model, tokenizer, preprocess = created.model, created.tokenizer, created.preprocess
+    if cfg.data.max_length:
+        tokenizer.max_length = cfg.data.max_length
+
+    granularities = cfg.data.granularities or manifest.granularities
+    has_report = any(r.report for r in manifest.records)
+    objective = build_objective(cfg.objective, granularities, has_report, embed_dim=model.embed_dim)
+    _seed_everything(t.seed + 1000 * env.rank)
+
+    common = dict(granularities=granularities, with_report=objective.needs_report, on_error=cfg.data.on_error)
+    train_ds = EpochSeededDataset(
+        ImageTextDataset(manifest, cfg.data.train_split, transform=pretrain_transform(preprocess), **common),
+        seed=t.seed,
+    )
+    valid_ds = None
+    if cfg.data.valid_split and manifest.split(cfg.data.valid_split):
+        valid_ds = ImageTextDataset(manifest, cfg.data.valid_split, transform=eval_transform(preprocess), **common)
+    collate = Collator(tokenizer, granularities, with_report=objective.needs_report)
+
+    train_sampler = ShardedBatchSampler(len(train_ds), t.batch_size, t.seed, env.rank, env.world_size)
+    steps_per_epoch = len(train_sampler) // t.grad_accum
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"one epoch has {len(train_sampler)} batches, fewer than train.grad_accum={t.grad_accum}"
+        )
+    total_steps = steps_per_epoch * t.epochs
+
+    device = env.device
+    module = TrainingModule(model, objective).to(device)
+    if env.distributed and t.sync_batchnorm:
+        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    optimizer = build_optimizer({"model": module.model, "objective": module.objective}, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
+    use_bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
+
+    state = {"epoch": 0, "batch_in_epoch": 0, "step": 0, "best_valid": math.inf, "skipped_steps": 0,
+             "skipped_records": 0}
+    ckpt_dir = out / "checkpoints"
+    if resume:
+        src = find_resumable(ckpt_dir / "last")
+        if src is None:
+            raise FileNotFoundError(f"--resume: no checkpoint to resume from in {ckpt_dir / 'last'}")
+        loaded = load_training_state(src, model=module.model, objective=module.objective,
+                                     optimizer=optimizer, scheduler=scheduler)
+        rng = loaded.pop("rng_state_per_rank", [])
+        if env.rank < len(rng):
+            torch.set_rng_state(rng[env.rank])
+        state.update(loaded)
+
+    ddp = module
+    if env.distributed:
+        ddp = nn.parallel.DistributedDataParallel(
+            module, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True,  # presets may carry heads the chosen objective does not use
+        )
+
+    logger = RunLogger(out, enabled=env.is_main, tensorboard=t.tensorboard, progress=t.progress,
+                       total_steps=total_steps, start_step=state["step"])
+    history: list[dict[str, Any]] = []
+    consecutive_bad = 0
+    last = ckpt_dir / "last"
+    best = ckpt_dir / "best" if valid_ds is not None else None
+    params = [p for p in module.parameters()]
+
+    def checkpoint(name: Path) -> None:
+        rng_states = _gather_rng(env)
+        if env.is_main:
+            save_checkpoint(name, model=module.model, tokenizer=tokenizer, objective=module.objective,
+                            optimizer=optimizer, scheduler=scheduler,
+                            state={**state, "rng_state_per_rank": rng_states}, run_yaml=cfg.to_yaml())
+        mdist.barrier()
+
+    stop = False
+    for epoch in range(state["epoch"], t.epochs):
+        module.objective.set_epoch(epoch)
+        train_ds.set_epoch(epoch)
+        start_batch = state["batch_in_epoch"] if epoch == state["epoch"] else 0
+        train_sampler.set_epoch(epoch, start_batch)
+        loader = DataLoader(train_ds, batch_sampler=train_sampler, collate_fn=collate,
+                            num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
+        module.train()
+        micro, sums, n_parts, t0, samples = 0, {}, 0, time.perf_counter(), 0
+        local_finite = torch.ones((), device=device)
+        for batch in loader:
+            state["skipped_records"] += int(batch.get("skipped", 0))
+            batch = _to_device(batch, device)
+            sync = (micro + 1) % t.grad_accum == 0
+            ctx = ddp.no_sync() if (env.distributed and not sync) else _nullcontext()
+            with ctx, torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                parts = ddp(batch)
+            loss = parts["loss"]
+            local_finite = local_finite * torch.isfinite(loss.detach()).float()
+            with ctx:
+                (loss / t.grad_accum).backward()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            n_parts += 1
+            samples += batch["images"].shape[0] * env.world_size
+            micro += 1
+            state["batch_in_epoch"] = start_batch + micro
+            if not sync:
+                continue
+
+            module.objective.after_backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                [p for p in params if p.grad is not None], t_max(cfg.optim.clip_grad)
+            )
+            ok = (torch.isfinite(grad_norm).float() * local_finite).reshape(1)
+            mdist.all_reduce_(ok, "min")
+            if bool(ok.item()):
+                optimizer.step()
+                consecutive_bad = 0
+            else:
+                state["skipped_steps"] += 1
+                consecutive_bad += 1
+                logger.warn(f"step {state['step'] + 1}: non-finite loss or gradient; the update is skipped "
+                            f"({consecutive_bad} in a row, {state['skipped_steps']} in all)")
+                if consecutive_bad >= t.max_nonfinite_steps:
+                    raise NonFiniteLossError(
+                        f"{consecutive_bad} consecutive steps had a non-finite loss or gradient "
+                        f"(last loss parts: { {k: float(v) for k, v in parts.items()} }); lower optim.lr, "
+                        "check the data, or use train.precision=fp32"
+                    )
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            state["step"] += 1
+            local_finite = torch.ones((), device=device)
+
+            if state["step"] % t.log_every == 0 or state["step"] == total_steps:
+                dt = time.perf_counter() - t0
+                row = {"split": "train", "step": state["step"], "epoch": epoch,
+                       "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                       "logit_scale": float(module.model.logit_scale_value()),
+                       "samples_per_s": samples / max(dt, 1e-9),
+                       **{k: v / n_parts for k, v in sums.items()}}
+                logger.log(row)
+                history.append(row)
+                sums, n_parts, t0, samples = {}, 0, time.perf_counter(), 0
+            logger.advance(state["step"], {"loss": float(loss.detach()), "epoch": epoch})
+
+            if t.checkpoint_every and state["step"] % t.checkpoint_every == 0:
+                checkpoint(last)
+            if t.stop_after_steps and state["step"] >= t.stop_after_steps:
+                stop = True
+                break
+        if stop:
+            break
+        state["epoch"], state["batch_in_epoch"] = epoch + 1, 0
+        if valid_ds is not None and ((epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs):
+            row = evaluate_loss(module, valid_ds, collate, t.batch_size, env, use_bf16, cfg.data.num_workers)
+            row.update({"split": "valid", "step": state["step"], "epoch": epoch})
+            logger.log(row)
+            history.append(row)
+            if row["loss"] < state["best_valid"]:
+                state["best_valid"] = row["loss"]
+                checkpoint(best)
+        checkpoint(last)
+
+    if stop:
+        checkpoint(last)
+    logger.close(summary={"skipped_steps": state["skipped_steps"], "skipped_records": state["skipped_records"]})
+    return TrainResult(out, last, best if best is not None and best.exists() else None, history,
+                       state["skipped_steps"], state["skipped_records"])
+
+
+def t_max(clip: float | None) -> float:
+    return float("inf") if clip is None else float(clip)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _gather_rng(env: mdist.DistEnv) -> list[torch.Tensor]:
+    state = torch.get_rng_state()
+    if not env.distributed:
+        return [state]
+    import torch.distributed as dist
+
+    parts = [torch.empty_like(state) for _ in range(env.world_size)]
+    dist.all_gather(parts, state)
+    return parts
+
+
+@torch.no_grad()
+def evaluate_loss(module: TrainingModule, dataset, collate, batch_size: int, env: mdist.DistEnv,
+                  use_bf16: bool, num_workers: int = 0) -> dict[str, float]:
+    """Mean objective over a split (weighted by batch size), in eval mode, summed over ranks."""
+    sampler = ShardedBatchSampler(len(dataset), batch_size, seed=0, rank=env.rank, world_size=env.world_size,
+                                  shuffle=False, drop_last=False)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers)
+    was_training = module.training
+    module.eval()
+    sums: dict[str, float] = {}
+    count = 0
+    for batch in loader:
+        n = batch["images"].shape[0]
+        if n < 2:  # a contrastive loss over one sample is 0 by construction: leave it out
+            continue
+        batch = _to_device(batch, env.device)
+        with torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            parts = module(batch)
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + float(v) * n
+        count += n
+    module.train(was_training)
+    keys = sorted(sums)
+    vec = torch.tensor([sums[k] for k in keys] + [float(count)], dtype=torch.float64)
+    mdist.all_reduce_(vec)
+    total = vec[-1].item()
+    if total == 0:
+        raise ValueError("the validation split gave no batch of at least 2 records")
+    return {k: vec[i].item() / total for i, k in enumerate(keys)} | {"records": int(total)}
+
+
+def history_from_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

@@ -1,0 +1,82 @@
+"""Deterministic, resumable, rank-sharded batches; augmentation seeded per sample.
+
+The global batch of step k is the same whatever the number of processes: rank r takes the r-th
+slice of it. A resumed run skips the batches already consumed without loading them, and each
+sample's augmentation is drawn from a generator seeded by (seed, epoch, index), so the next steps
+see exactly the data an uninterrupted run would have seen, with any number of workers.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+
+def _mix(*values: int) -> int:
+    h = 0x9E3779B97F4A7C15
+    for v in values:
+        h = (h ^ (v + 0x9E3779B97F4A7C15 + (h << 6) + (h >> 2))) & 0xFFFFFFFFFFFFFFFF
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+class ShardedBatchSampler(Sampler[list[int]]):
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                 shuffle: bool = True, drop_last: bool = True):
+        if n <= 0:
+            raise ValueError("cannot sample batches from an empty split")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.rank, self.world_size, self.shuffle, self.drop_last = rank, world_size, shuffle, drop_last
+        self.epoch, self.start_batch = 0, 0
+        if drop_last and len(self) == 0:
+            raise ValueError(
+                f"the split has {n} records, fewer than one global batch "
+                f"({world_size} process(es) x batch_size {batch_size}); lower train.batch_size"
+            )
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def _order(self) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.n)
+        g = torch.Generator().manual_seed(_mix(self.seed, self.epoch))
+        return torch.randperm(self.n, generator=g)
+
+    def __len__(self) -> int:
+        global_batch = self.batch_size * self.world_size
+        if self.drop_last:
+            return self.n // global_batch
+        return -(-(self.n // self.world_size) // self.batch_size)
+
+    def __iter__(self):
+        order = self._order()
+        if self.drop_last:
+            gb = self.batch_size * self.world_size
+            for k in range(self.start_batch, len(self)):
+                chunk = order[k * gb:(k + 1) * gb]
+                yield chunk[self.rank * self.batch_size:(self.rank + 1) * self.batch_size].tolist()
+        else:
+            # Evaluation: equal contiguous shards per rank (the remainder below world_size is left out),
+            # so every rank runs the same number of equally sized batches, which gathering needs.
+            per_rank = self.n // self.world_size
+            shard = order[self.rank * per_rank:(self.rank + 1) * per_rank]
+            for k in range(self.start_batch, len(self)):
+                yield shard[k * self.batch_size:(k + 1) * self.batch_size].tolist()
+
+
+class EpochSeededDataset(Dataset):
+    """Draws each sample's random augmentation from a generator seeded by (seed, epoch, index)."""
+
+    def __init__(self, base: Dataset, seed: int):
+        self.base, self.seed, self.epoch = base, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_mix(self.seed, self.epoch, index))
+            return self.base[index]
