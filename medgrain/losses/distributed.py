@@ -25,6 +25,24 @@ def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward hands on a contiguous gradient.
+
+    The backward of ``torch.distributed.nn.functional.all_gather`` receives the other ranks' gradients
+    into buffers made with ``empty_like(grad)``, which keeps a permuted layout, and gloo's scatter fills
+    them as if they were contiguous. A consumer that permutes the gathered tensor (MGLL's stacked
+    granularities) then got scrambled gradients (seen with gloo, torch 2.14; the NCCL path builds its
+    buffer the same way). tests/test_distributed_losses.py checks this case."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous()
+
+
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` from every rank along dim 0, gradients flowing back to each rank's part.
 
@@ -33,7 +51,7 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
         return x
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(x.contiguous()), dim=0)
+    return torch.cat([_ContiguousGrad.apply(part) for part in all_gather(x.contiguous())], dim=0)
 
 
 @torch.no_grad()

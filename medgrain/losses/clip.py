@@ -1,0 +1,111 @@
+"""CLIP's symmetric InfoNCE, and the pieces the other contrastive losses share with it.
+
+Features are L2-normalised by the caller and ``logit_scale`` is the multiplier itself (already
+exponentiated), as open_clip passes them. Under torch.distributed every loss computes rows for this
+rank's samples against columns from the global batch (open_clip's ``local_loss=True,
+gather_with_grad=True``); ``medgrain.losses.distributed`` explains why the parameter gradients then
+match one process with the whole batch once DDP has averaged them.
+
+Losses are computed in float32 (float64 stays float64) with autocast switched off, so a bf16 or fp16
+autocast caller gets an fp32 loss. A non-finite value is returned as it is, never dropped: the
+trainer's guard is the one place that counts and handles it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import numbers
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medgrain.losses.distributed import gather_with_grad, is_distributed, local_rows
+
+
+def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """float32 for half-precision inputs, float64 when any input is float64 (gradcheck, references)."""
+    dtype = torch.float32
+    for t in tensors:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+def no_autocast(device: torch.device):
+    """A context in which matmuls run in the dtype of their inputs, whatever the caller's autocast."""
+    if device.type in ("cpu", "cuda"):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _describe(x) -> str:
+    return f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+
+
+def check_features(image_features: torch.Tensor, text_features: torch.Tensor, name: str = "text_features"):
+    """Both (N, D), floating point, N > 0; errors name the argument and the shapes."""
+    for n, t in (("image_features", image_features), (name, text_features)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 2:
+            raise ValueError(f"{n} must be a 2-D tensor (N, D), got {_describe(t)}")
+    if text_features.shape != image_features.shape:
+        raise ValueError(
+            f"{name} has shape {tuple(text_features.shape)} but image_features has shape "
+            f"{tuple(image_features.shape)}; they must match (N, D)"
+        )
+    if image_features.shape[0] == 0:
+        raise ValueError("empty batch: image_features has no rows")
+    for n, t in (("image_features", image_features), (name, text_features)):
+        if not t.is_floating_point():
+            raise TypeError(f"{n} must be a floating-point tensor, got {t.dtype}")
+
+
+def as_logit_scale(logit_scale, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The multiplier as a 0-d tensor of the loss dtype (a learnable parameter keeps its gradient)."""
+    if isinstance(logit_scale, torch.Tensor):
+        if logit_scale.numel() != 1:
+            raise ValueError(
+                f"logit_scale must be a scalar (the multiplier, already exponentiated), got shape {tuple(logit_scale.shape)}"
+            )
+        return logit_scale.reshape(()).to(device=device, dtype=dtype)
+    if isinstance(logit_scale, numbers.Real) and not isinstance(logit_scale, bool):
+        return torch.tensor(float(logit_scale), dtype=dtype, device=device)
+    raise TypeError(f"logit_scale must be a float or a scalar tensor, got {type(logit_scale).__name__}")
+
+
+def pairwise_logits(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits_per_image, logits_per_text)``, both (n_local, N_global).
+
+    Row i of ``logits_per_image`` is this rank's image i against every text of the global batch; row j
+    of ``logits_per_text`` is this rank's text j against every image. On one process the second is the
+    transpose of the first. Inputs must already be in the loss dtype."""
+    if is_distributed():
+        all_images = gather_with_grad(image_features)
+        all_texts = gather_with_grad(text_features)
+        return logit_scale * image_features @ all_texts.T, logit_scale * text_features @ all_images.T
+    logits_per_image = logit_scale * image_features @ text_features.T
+    return logits_per_image, logits_per_image.T
+
+
+class ClipLoss(nn.Module):
+    """CLIP's loss: the mean of image→text and text→image cross-entropy, the matching pair as target.
+
+    ``forward(image_features (N, D), text_features (N, D), logit_scale) -> {"loss": scalar}``.
+    """
+
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale) -> dict:
+        check_features(image_features, text_features)
+        dtype = compute_dtype(image_features, text_features)
+        device = image_features.device
+        with no_autocast(device):
+            scale = as_logit_scale(logit_scale, dtype, device)
+            logits_per_image, logits_per_text = pairwise_logits(
+                image_features.to(dtype), text_features.to(dtype), scale
+            )
+            # Sample i's pair sits at column rank * n_local + i of the global batch.
+            targets = local_rows(image_features.shape[0], device=device)
+            loss = 0.5 * (F.cross_entropy(logits_per_image, targets) + F.cross_entropy(logits_per_text, targets))
+        return {"loss": loss}
