@@ -1,0 +1,95 @@
+"""The dual encoder: an image tower and a text tower projected into one embedding space.
+
+Global outputs (``encode_image``, ``encode_text``, ``forward``) serve CLIP and MGLL; token
+outputs (``image_tokens``, ``text_tokens``) add the local features and [CLS] attention MGCA
+aligns. ``forward`` follows open_clip: (image_features, text_features, logit_scale multiplier).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medgrain.models.heads import create_head
+from medgrain.models.image import ImageTower
+from medgrain.models.text import TextTower, merge_wordpieces
+
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+class DualEncoder(nn.Module):
+    def __init__(
+        self,
+        visual: ImageTower,
+        text: TextTower,
+        embed_dim: int,
+        head: str = "linear",
+        head_hidden: int = 2048,
+        token_heads: bool = False,
+        init_logit_scale: float = math.log(1 / 0.07),
+        config: Any = None,
+    ):
+        """``init_logit_scale`` is the log of the initial multiplier, as in open_clip. ``config`` is the
+        ModelConfig the model was built from (kept for save_pretrained)."""
+        super().__init__()
+        self.visual = visual
+        self.text = text
+        self.embed_dim = embed_dim
+        self.image_proj = create_head(head, visual.width, embed_dim, head_hidden)
+        self.text_proj = create_head(head, text.width, embed_dim, head_hidden)
+        self.token_heads = token_heads
+        if token_heads:
+            self.image_token_proj = create_head(head, visual.token_width, embed_dim, head_hidden, tokens=True)
+            self.text_token_proj = create_head(head, text.width, embed_dim, head_hidden, tokens=True)
+        self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)))
+        self.config = config
+
+    def logit_scale_value(self) -> torch.Tensor:
+        """The multiplier of the similarities: exp of the parameter clamped to [0, log 100]."""
+        return self.logit_scale.clamp(0.0, MAX_LOGIT_SCALE).exp()
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        features = self.image_proj(self.visual(images).pooled)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def encode_text(self, text: Mapping[str, torch.Tensor], normalize: bool = True) -> torch.Tensor:
+        features = self.text_proj(self.text(text["input_ids"], text["attention_mask"]).pooled)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def _require_token_heads(self) -> None:
+        if not self.token_heads:
+            raise RuntimeError("token outputs need token heads: build the model with token_heads=True")
+
+    def image_tokens(self, images: torch.Tensor) -> dict[str, Any]:
+        """global (N,E), tokens (N,M,E), attention (N,M) [CLS] attention over tokens, grid (h,w); L2-normalised."""
+        self._require_token_heads()
+        out = self.visual(images, tokens=True)
+        return {
+            "global": F.normalize(self.image_proj(out.pooled), dim=-1),
+            "tokens": F.normalize(self.image_token_proj(out.tokens), dim=-1),
+            "attention": out.cls_attention,
+            "grid": out.grid,
+        }
+
+    def text_tokens(self, text: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """global (N,E), words (N,W,E) merged from word pieces with ``text["word_ids"]``, word_mask (N,W),
+        attention (N,W) [CLS] attention summed over each word's pieces; L2-normalised, padded words are 0."""
+        self._require_token_heads()
+        out = self.text(text["input_ids"], text["attention_mask"], tokens=True)
+        words, attention, word_mask = merge_wordpieces(out.hidden, out.cls_attention, text["word_ids"])
+        return {
+            "global": F.normalize(self.text_proj(out.pooled), dim=-1),
+            "words": F.normalize(self.text_token_proj(words, word_mask), dim=-1),
+            "word_mask": word_mask,
+            "attention": attention,
+        }
+
+    def forward(
+        self, images: torch.Tensor, text: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.encode_image(images), self.encode_text(text), self.logit_scale_value()

@@ -1,0 +1,341 @@
+"""Named model configs, model creation, and the checkpoint directory.
+
+``create_model("tiny")`` builds a DualEncoder with its tokenizer and preprocessing from a preset
+(open_clip's factory, in medgrain's words). ``save_pretrained`` / ``load_pretrained`` write and read
+a directory that rebuilds the same model with nothing else: no network, no original text-tower
+folder, nothing unpickled.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from medgrain.data.text import Tokenizer
+from medgrain.data.transforms import CLIP_MEAN, CLIP_STD, PreprocessConfig
+from medgrain.models.dual import DualEncoder
+from medgrain.models.image import create_image_tower
+from medgrain.models.text import create_text_tower, create_tokenizer, text_tower_from_config
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+TOKENIZER_DIR = "tokenizer"
+FORMAT_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ImageTowerConfig(_Strict):
+    source: Literal["timm", "open_clip"] = "timm"
+    name: str
+    # None: random; a local weights file; or a hub tag ("default": timm's default tag; "openai" for open_clip).
+    pretrained: str | None = None
+    image_size: int = Field(224, ge=8)
+    kwargs: dict[str, Any] = {}  # passed to timm.create_model / open_clip.create_model (depth, embed_dim, ...)
+
+
+class TextTowerConfig(_Strict):
+    name_or_path: str = "minilm"  # local folder, hub name, "minilm" (bundled) or "tiny-bert" (random, tests)
+    pretrained: bool = True  # False: random weights of the same architecture
+    num_hidden_layers: int | None = Field(None, ge=1)  # keep only the first layers (MGCA: 6 of 12)
+    pooling: Literal["cls", "mean"] = "cls"
+    max_length: int = Field(77, ge=2)  # tokenizer truncation
+    config: dict[str, Any] = {}  # overrides of the transformers config
+
+
+class PreprocessSpec(_Strict):
+    mean: tuple[float, ...] = CLIP_MEAN
+    std: tuple[float, ...] = CLIP_STD
+    in_chans: int = Field(3, ge=1)
+
+    @model_validator(mode="after")
+    def _one_value_per_channel(self) -> PreprocessSpec:
+        if not len(self.mean) == len(self.std) == self.in_chans:
+            raise ValueError(
+                f"mean ({len(self.mean)} values) and std ({len(self.std)}) need one value per channel "
+                f"(in_chans={self.in_chans})"
+            )
+        if min(self.std) <= 0:
+            raise ValueError(f"std must be positive, got {self.std}")
+        return self
+
+
+class ModelConfig(_Strict):
+    image: ImageTowerConfig
+    text: TextTowerConfig = TextTowerConfig()
+    embed_dim: int = Field(512, ge=1)
+    head: Literal["linear", "mlp"] = "linear"
+    head_hidden: int = Field(2048, ge=1)  # hidden width of the "mlp" heads
+    token_heads: bool = False  # token-level heads for MGCA's local alignment
+    init_logit_scale: float = math.log(1 / 0.07)  # log of the initial multiplier, as in open_clip
+    preprocess: PreprocessSpec = PreprocessSpec()
+
+    def preprocess_config(self) -> PreprocessConfig:
+        p = self.preprocess
+        return PreprocessConfig(image_size=self.image.image_size, mean=p.mean, std=p.std, in_chans=p.in_chans)
+
+
+class Created(NamedTuple):
+    model: DualEncoder
+    tokenizer: Tokenizer
+    preprocess: PreprocessConfig
+
+
+class Pretrained(NamedTuple):
+    model: DualEncoder
+    tokenizer: Tokenizer
+    transform: Any  # eval_transform(preprocess)
+    config: ModelConfig
+
+
+# ---------------------------------------------------------------------------------------------------
+# Presets
+
+_MODEL_CONFIGS: dict[str, dict[str, Any]] = {}
+
+TINY_VIT = {"source": "timm", "name": "vit_tiny_patch16_224", "image_size": 64,
+            "kwargs": {"patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2}}
+TINY_BERT = {"name_or_path": "tiny-bert", "pretrained": False, "max_length": 64}
+BIO_CLINICAL_BERT = "emilyalsentzer/Bio_ClinicalBERT"
+HALF_STATS = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}  # MGCA's normalisation
+MGCA_TEXT = {"name_or_path": BIO_CLINICAL_BERT, "num_hidden_layers": 6, "max_length": 112}
+MGCA_HEADS = {"embed_dim": 128, "head": "mlp", "head_hidden": 2048, "token_heads": True}
+
+
+def _validate(config: ModelConfig | dict[str, Any]) -> ModelConfig:
+    return config if isinstance(config, ModelConfig) else ModelConfig.model_validate(config)
+
+
+def register_model(name: str, config: ModelConfig | dict[str, Any]) -> None:
+    """Add (or replace) a named config; it is validated now, so a bad preset fails where it is defined."""
+    _MODEL_CONFIGS[name] = _validate(config).model_dump()
+
+
+def list_models() -> list[str]:
+    return sorted(_MODEL_CONFIGS)
+
+
+def get_model_config(name: str) -> ModelConfig:
+    if name not in _MODEL_CONFIGS:
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(list_models())}")
+    return ModelConfig.model_validate(copy.deepcopy(_MODEL_CONFIGS[name]))
+
+
+register_model("tiny", {"image": TINY_VIT, "text": TINY_BERT, "embed_dim": 64, "token_heads": True})
+register_model("tiny-resnet", {
+    "image": {"source": "timm", "name": "resnet18", "image_size": 64},
+    "text": TINY_BERT, "embed_dim": 64, "token_heads": True,
+})
+register_model("tiny-mgca", {"image": TINY_VIT, "text": TINY_BERT, **MGCA_HEADS, "head_hidden": 128})
+register_model("minilm-vit-small", {
+    "image": {"source": "timm", "name": "vit_small_patch16_224", "image_size": 224},
+    "text": {"name_or_path": "minilm", "max_length": 128},
+    "embed_dim": 256, "token_heads": True,  # token heads too, so one preset serves CLIP, MGLL and MGCA
+})
+# MGLL: OpenAI CLIP ViT-L/14 (with the QuickGELU it was trained with) and Bio_ClinicalBERT, 768-d,
+# bias-free linear heads. The paper's BERT wrapper mean-pools over positions.
+register_model("mgll-paper", {
+    "image": {"source": "open_clip", "name": "ViT-L-14-quickgelu", "pretrained": "openai", "image_size": 224},
+    "text": {"name_or_path": BIO_CLINICAL_BERT, "pooling": "mean", "max_length": 77},
+    "embed_dim": 768, "head": "linear",
+})
+# MGCA: DeiT-B/16 from ImageNet-1k, the first 6 layers of Bio_ClinicalBERT, MLP heads 2048 -> 128.
+register_model("mgca-vit-paper", {
+    "image": {"source": "timm", "name": "deit_base_patch16_224", "pretrained": "fb_in1k", "image_size": 224},
+    "text": MGCA_TEXT, **MGCA_HEADS, "preprocess": HALF_STATS,
+})
+# MGCA's ResNet-50 (torchvision's IMAGENET1K_V2 weights are timm's tv2_in1k). The paper upsamples
+# 224 -> 299 inside the encoder for a 19x19 layer3 grid; here images are prepared at 299 directly.
+register_model("mgca-resnet50-paper", {
+    "image": {"source": "timm", "name": "resnet50", "pretrained": "tv2_in1k", "image_size": 299},
+    "text": MGCA_TEXT, **MGCA_HEADS, "preprocess": HALF_STATS,
+})
+
+
+# ---------------------------------------------------------------------------------------------------
+# Creation
+
+
+def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key not in ("kwargs", "config"):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def resolve_config(name_or_config: str | ModelConfig | dict[str, Any], **overrides) -> ModelConfig:
+    """A preset name, a ModelConfig or a dict, with ``overrides`` merged in (nested dicts merge key by key,
+    except the free-form ``kwargs`` and ``config`` which are replaced)."""
+    if isinstance(name_or_config, str):
+        base = get_model_config(name_or_config).model_dump()
+    elif isinstance(name_or_config, ModelConfig):
+        base = name_or_config.model_dump()
+    else:
+        base = dict(name_or_config)
+    return ModelConfig.model_validate(_deep_merge(base, overrides))
+
+
+def _build(config: ModelConfig, text_config: dict[str, Any] | None = None) -> DualEncoder:
+    """The model of ``config``: with pretrained tower weights, or (``text_config`` given, for loading a
+    checkpoint) random towers of the saved architecture, to be filled by the checkpoint's weights."""
+    image = config.image
+    visual = create_image_tower(
+        image.source,
+        image.name,
+        pretrained=None if text_config is not None else image.pretrained,
+        image_size=image.image_size,
+        in_chans=config.preprocess.in_chans,
+        **copy.deepcopy(image.kwargs),
+    )
+    t = config.text
+    if text_config is None:
+        text = create_text_tower(t.name_or_path, t.pretrained, t.num_hidden_layers, t.pooling, t.config)
+    else:
+        text = text_tower_from_config(text_config, t.pooling)
+    return DualEncoder(
+        visual,
+        text,
+        embed_dim=config.embed_dim,
+        head=config.head,
+        head_hidden=config.head_hidden,
+        token_heads=config.token_heads,
+        init_logit_scale=config.init_logit_scale,
+        config=config,
+    )
+
+
+def create_model(name_or_config: str | ModelConfig | dict[str, Any], **overrides) -> Created:
+    """Build ``Created(model, tokenizer, preprocess)`` (a NamedTuple: unpack it or use the fields).
+
+    ``name_or_config`` is a preset (``list_models()``), a ModelConfig or a dict; ``overrides`` are
+    ModelConfig fields, e.g. ``create_model("tiny", embed_dim=32, text={"max_length": 32})``.
+    Pretrained weights come from local paths in the config; a hub name that cannot be fetched raises
+    PretrainedUnavailableError saying what to pass instead.
+    """
+    config = resolve_config(name_or_config, **overrides)
+    model = _build(config)
+    tokenizer = create_tokenizer(config.text.name_or_path, config.text.max_length)
+    return Created(model, tokenizer, config.preprocess_config())
+
+
+def create_model_and_transforms(name_or_config: str | ModelConfig | dict[str, Any], **overrides):
+    """open_clip-style: ``(model, tokenizer, pretrain_transform, eval_transform)``."""
+    from medgrain.data.transforms import eval_transform, pretrain_transform
+
+    model, tokenizer, preprocess = create_model(name_or_config, **overrides)
+    return model, tokenizer, pretrain_transform(preprocess), eval_transform(preprocess)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checkpoint directory
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    while hasattr(model, "module") and isinstance(model.module, nn.Module):  # DDP
+        model = model.module
+    return getattr(model, "_orig_mod", model)  # torch.compile
+
+
+def save_pretrained(
+    model: DualEncoder, tokenizer: Tokenizer, directory: str | Path, extra: dict[str, Any] | None = None
+) -> Path:
+    """Write ``model.safetensors``, ``config.json`` and ``tokenizer/`` into ``directory``.
+
+    The files are written to a temporary folder next to it and then moved in with renames, so a crash
+    never leaves a half-written model; other files already in ``directory`` (run.yaml, train_state.pt)
+    are kept. ``extra`` (JSON-serialisable) is stored under ``config.json["extra"]``.
+    """
+    from safetensors.torch import save_model
+
+    model = _unwrap(model)
+    if not isinstance(getattr(model, "config", None), ModelConfig):
+        raise TypeError("save_pretrained needs a DualEncoder built by create_model/load_pretrained (model.config)")
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format": "medgrain",
+        "format_version": FORMAT_VERSION,
+        "model": model.config.model_dump(mode="json"),
+        "text_config": model.text.config.to_dict(),
+        "preprocess": model.config.preprocess_config().to_dict(),
+        "extra": extra or {},
+    }
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        # save_model drops the duplicates of shared tensors, which save_file refuses.
+        save_model(model, str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
+        (staging / CONFIG_NAME).write_text(json.dumps(meta, indent=2, default=str))
+        tokenizer.save(staging / TOKENIZER_DIR)
+        if not directory.exists():
+            staging.rename(directory)
+            return directory
+        for name in (WEIGHTS_NAME, CONFIG_NAME):
+            os.replace(staging / name, directory / name)
+        old = directory / f".{TOKENIZER_DIR}.old"
+        if old.exists():
+            shutil.rmtree(old)
+        if (directory / TOKENIZER_DIR).exists():
+            (directory / TOKENIZER_DIR).rename(old)
+        (staging / TOKENIZER_DIR).rename(directory / TOKENIZER_DIR)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return directory
+
+
+def read_config(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"not a medgrain model directory (no {CONFIG_NAME}): {Path(directory)}")
+    meta = json.loads(path.read_text())
+    if meta.get("format") != "medgrain":
+        raise ValueError(f"{path}: not a medgrain config (format={meta.get('format')!r})")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version {meta['format_version']} is newer than this medgrain reads")
+    return meta
+
+
+def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -> Pretrained:
+    """Rebuild ``Pretrained(model, tokenizer, transform, config)`` from a save_pretrained directory alone.
+
+    The model comes back in eval mode on ``device``; ``transform`` is ``eval_transform`` of the saved
+    preprocessing. Weights are loaded strictly: a missing or unexpected key is an error that names it.
+    """
+    from safetensors.torch import load_model
+
+    from medgrain.data.transforms import eval_transform
+
+    directory = Path(directory)
+    meta = read_config(directory)
+    config = ModelConfig.model_validate(meta["model"])
+    model = _build(config, text_config=meta["text_config"])
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"no {WEIGHTS_NAME} in {directory}")
+    try:
+        missing, unexpected = load_model(model, str(weights), strict=False)
+    except RuntimeError as e:  # shapes that disagree with the config
+        raise RuntimeError(f"{weights} does not match the model described by its {CONFIG_NAME}: {e}") from e
+    if missing or unexpected:
+        raise RuntimeError(
+            f"{weights} does not match the model described by its {CONFIG_NAME}: "
+            f"missing keys {sorted(missing)}, unexpected keys {sorted(unexpected)}"
+        )
+    tokenizer = Tokenizer.load(directory / TOKENIZER_DIR)
+    preprocess = PreprocessConfig.from_dict(meta["preprocess"])
+    return Pretrained(model.to(device).eval(), tokenizer, eval_transform(preprocess), config)
