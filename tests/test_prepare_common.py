@@ -1,0 +1,130 @@
+"""Shared machinery of medgrain prepare: patient-level splits, errors, summary, registry; and leakage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from fixtures_prepare import make_chexpert, make_rsna, pixels, write_image
+from PIL import Image
+
+from medgrain.data import leakage
+from medgrain.data.manifest import Record, read_manifest, write_manifest
+from medgrain.data.prepare import PREPARERS, PrepareError, options, prepare
+from medgrain.data.prepare.common import split_by_patient
+
+
+def records(patients: dict[str, int]) -> list[Record]:
+    return [Record(id=f"{p}-{k}", image=None, split="train", patient_id=p) for p, n in patients.items() for k in range(n)]
+
+
+def test_split_by_patient_exact_whole_deterministic():
+    recs = records({f"pt{i:03d}": 1 + i % 3 for i in range(100)})
+    split = split_by_patient(recs, seed=7, valid=0.15, test=0.15)
+    by_patient: dict[str, set[str]] = {}
+    for r in split:
+        by_patient.setdefault(r.patient_id, set()).add(r.split)
+    assert all(len(s) == 1 for s in by_patient.values())  # never divided
+    counts = {s: sum(next(iter(v)) == s for v in by_patient.values()) for s in ("train", "valid", "test")}
+    assert counts == {"train": 70, "valid": 15, "test": 15}
+    again = split_by_patient(list(reversed(recs)), seed=7, valid=0.15, test=0.15)
+    assert {r.id: r.split for r in again} == {r.id: r.split for r in split}  # order of records is irrelevant
+    other = split_by_patient(recs, seed=8, valid=0.15, test=0.15)
+    assert {r.id: r.split for r in other} != {r.id: r.split for r in split}
+
+
+def test_split_by_patient_keeps_official_splits():
+    recs = records({"a": 1, "b": 1, "c": 1, "d": 1}) + [Record(id="t", image=None, split="test", patient_id="z")]
+    split = split_by_patient(recs, seed=0, valid=0.5)
+    assert [r.split for r in split if r.id == "t"] == ["test"] and sum(r.split == "valid" for r in split) == 2
+    with pytest.raises(ValueError, match="fractions"):
+        split_by_patient(recs, seed=0, valid=0.6, test=0.5)
+
+
+def test_registry_and_option_checking(tmp_path):
+    assert set(PREPARERS) == {"mimic-cxr", "chexpert", "rsna-pneumonia", "covidx", "siim-pneumothorax",
+                              "chestxray14", "mgll-fundus", "rfmid", "openi"}
+    for name in PREPARERS:
+        assert {"seed", "on_error", "exclude", "leak_threshold"} <= set(options(name))
+    with pytest.raises(ValueError, match="unknown dataset 'mimic'"):
+        prepare("mimic", tmp_path, tmp_path / "m.jsonl")
+    with pytest.raises(ValueError, match=r"chexpert does not take \['flatten'\]"):
+        prepare("chexpert", tmp_path, tmp_path / "m.jsonl", flatten=True)
+    with pytest.raises(FileNotFoundError, match="root folder not found"):
+        prepare("chexpert", tmp_path / "nope", tmp_path / "m.jsonl")
+    with pytest.raises(FileNotFoundError, match=r"CheXpert train.csv: nothing matches"):
+        prepare("chexpert", tmp_path, tmp_path / "m.jsonl")
+
+
+def test_summary_names_splits_labels_drops_and_skips(tmp_path):
+    root = make_chexpert(tmp_path)
+    (root / "train/patient00005/study1/view1_frontal.jpg").unlink()
+    result = prepare("chexpert", root, tmp_path / "c.jsonl", on_error="skip")
+    text = str(result)
+    assert "chexpert: 10 records" in text and "splits: train" in text and "Edema 5" in text
+    assert "dropped by design: 2\n    2 lateral views" in text
+    assert "skipped as bad input: 1\n    1 image file not found, e.g. " in text and "patient00005" in text
+    assert read_manifest(result.manifest).records  # the manifest validates
+
+
+def test_prepare_error_fields():
+    e = PrepareError("a/b.csv", 12, "View", "X" * 300, "unknown view")
+    assert str(e).startswith("a/b.csv:12: column 'View' value 'XXXX") and str(e).endswith("': unknown view")
+    assert e.path == "a/b.csv" and e.line == 12 and e.column == "View" and e.reason == "unknown view"
+
+
+# --- leakage -----------------------------------------------------------------------------------
+
+def test_phash_same_for_uint8_and_float_and_both_dct_paths(monkeypatch):
+    image = torch.from_numpy(pixels(1, size=64).copy())[None]
+    h = leakage.phash(image)
+    assert h == leakage.phash(image.float() / 255) and 0 < h < 2**64
+    rgb = image.expand(3, -1, -1)
+    assert leakage.phash(rgb) == h
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_scipy(name, *args, **kwargs):
+        if name.startswith("scipy"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    x = np.random.default_rng(0).random((32, 32))
+    with_scipy = leakage._dct2(x)
+    monkeypatch.setattr(builtins, "__import__", no_scipy)
+    assert np.allclose(leakage._dct2(x), with_scipy)
+
+
+def test_hamming_counts_bits():
+    a = np.array([0, 0b1011, 2**64 - 1], dtype=np.uint64)
+    b = np.array([0b1000], dtype=np.uint64)
+    assert leakage.hamming(a, b).tolist() == [[1, 2, 63]]
+
+
+def _manifest(tmp_path, name, images):
+    recs = [Record(id=i, image=str(p.relative_to(tmp_path)), split="train", patient_id=i) for i, p in images.items()]
+    return write_manifest(recs, tmp_path / f"{name}.jsonl")
+
+
+def test_find_leaks_resized_reencoded_copy(tmp_path):
+    a = {f"a{i}": write_image(tmp_path / "a" / f"{i}.png", seed=i, size=64) for i in range(4)}
+    b = {"copy": tmp_path / "b" / "copy.jpg", "new": write_image(tmp_path / "b" / "new.png", seed=99, size=64)}
+    Image.open(a["a2"]).resize((48, 48)).save(b["copy"], quality=90)
+    leaks = leakage.find_leaks(_manifest(tmp_path, "A", a), _manifest(tmp_path, "B", b))
+    assert [(bid, aid) for bid, aid, _ in leaks] == [("copy", "a2")] and leaks[0][2] <= leakage.DEFAULT_THRESHOLD
+    assert leakage.find_leaks(_manifest(tmp_path, "A", a), _manifest(tmp_path, "B", b), threshold=64)[0][2] <= 6
+    table = leakage.format_leaks(leaks, "A.jsonl", "B.jsonl").splitlines()
+    assert table[0] == "B.jsonl id\tA.jsonl id\tdistance" and table[1].startswith("copy\ta2\t")
+    assert table[-1] == "1 images of B.jsonl also appear in A.jsonl (1 pairs)"
+
+
+def test_prepare_excludes_images_of_another_manifest(tmp_path):
+    root = make_rsna(tmp_path / "rsna")
+    first = prepare("rsna-pneumonia", root, tmp_path / "all.jsonl")
+    test_set = tmp_path / "downstream.jsonl"
+    write_manifest([r for r in read_manifest(first.manifest).records if r.id in ("p2", "p5")], test_set)
+    result = prepare("rsna-pneumonia", root, tmp_path / "pretrain.jsonl", exclude=[test_set], leak_threshold=0)
+    assert sorted(r.id for r in read_manifest(result.manifest).records) == ["p1", "p3", "p4", "p6"]
+    assert {(b, a.split("#")[1]) for b, a, _ in result.leaks} == {("p2", "p2"), ("p5", "p5")}
+    assert sum(result.dropped.values()) == 2 and "excluded manifest" in str(result)
