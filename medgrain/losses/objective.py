@@ -97,14 +97,12 @@ class MGCAObjective(Objective):
 
     def set_epoch(self, epoch: int) -> None:
         self.loss.set_epoch(epoch)
-        self.epoch = epoch
 
     def after_backward(self) -> None:
-        # MGCA keeps the prototypes fixed for the first epoch(s) so the codes can settle. Dropping the
-        # gradient after backward (rather than toggling requires_grad) keeps DDP's gradient buckets
-        # unchanged, and AdamW skips a parameter whose .grad is None: no update and no weight decay.
-        if getattr(self, "epoch", 0) < self.loss.freeze_prototypes_epochs:
-            self.loss.prototypes.grad = None
+        # MGCA keeps the prototypes fixed for the first epoch(s). Dropping their gradient after backward
+        # (rather than toggling requires_grad) keeps DDP's gradient buckets unchanged, and AdamW skips
+        # a parameter whose .grad is None: no update and no weight decay.
+        self.loss.drop_frozen_prototype_grad_()
 
     def forward(self, model: nn.Module, batch: Mapping) -> dict[str, torch.Tensor]:
         img, txt, pw, ww = _token_inputs(model, batch, self.weight_low, self.weight_high)
