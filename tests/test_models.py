@@ -47,7 +47,7 @@ def _seed():
 
 @pytest.fixture(scope="module")
 def tiny():
-    model, tokenizer, preprocess = create_model("tiny")
+    model, tokenizer, preprocess = create_model("tiny-vit")
     return model.eval(), tokenizer, preprocess
 
 
@@ -286,20 +286,20 @@ def test_mgca_heads_and_resnet_preset():
     tt = model.text_tokens(tokenizer(TEXTS))
     assert tt["words"].shape[-1] == 128 and torch.all(tt["words"][~tt["word_mask"]] == 0)
 
-    model, _, preprocess = create_model("tiny-resnet")
+    model, _, preprocess = create_model("tiny")
     it = model.eval().image_tokens(images(2, preprocess.image_size))
     assert it["tokens"].shape == (2, 16, 64) and torch.allclose(it["attention"], torch.full((2, 16), 1 / 16))
 
 
 def test_single_channel_images():
-    model, _, preprocess = create_model("tiny-resnet", preprocess={"mean": [0.5], "std": [0.25], "in_chans": 1})
+    model, _, preprocess = create_model("tiny", preprocess={"mean": [0.5], "std": [0.25], "in_chans": 1})
     assert preprocess.in_chans == 1 and preprocess.mean == (0.5,)
     with torch.no_grad():
         assert model.eval().encode_image(images(2, 64, channels=1)).shape == (2, 64)
 
 
 def test_token_outputs_need_token_heads():
-    model, tokenizer, _ = create_model("tiny", token_heads=False)
+    model, tokenizer, _ = create_model("tiny-vit", token_heads=False)
     assert not hasattr(model, "image_token_proj")
     with pytest.raises(RuntimeError, match="token_heads"):
         model.text_tokens(tokenizer(TEXTS))
@@ -311,7 +311,7 @@ def test_token_outputs_need_token_heads():
 
 def test_presets_resolve_without_network():
     names = list_models()
-    for name in ("tiny", "tiny-resnet", "tiny-mgca", "minilm-vit-small", "mgll-paper", "mgca-vit-paper",
+    for name in ("tiny-vit", "tiny", "tiny-mgca", "minilm-vit-small", "mgll-paper", "mgca-vit-paper",
                  "mgca-resnet50-paper"):
         assert name in names
         get_model_config(name)
@@ -322,9 +322,9 @@ def test_presets_resolve_without_network():
 
 def test_bad_config_key_is_named():
     with pytest.raises(ValidationError, match="embed_dimm"):
-        create_model("tiny", embed_dimm=32)
+        create_model("tiny-vit", embed_dimm=32)
     with pytest.raises(ValidationError, match="max_lenght"):
-        create_model("tiny", text={"max_lenght": 32})
+        create_model("tiny-vit", text={"max_lenght": 32})
     with pytest.raises(ValidationError, match="head"):
         ModelConfig.model_validate({"image": {"name": "resnet18"}, "head": "transformer"})
 
@@ -391,7 +391,7 @@ def test_round_trip_after_text_folder_is_deleted(tmp_path):
     folder = tmp_path / "bert"
     shutil.copytree(text_module.minilm_path(), folder)
     model, tokenizer, preprocess = create_model(
-        "tiny-resnet", text={"name_or_path": str(folder), "pretrained": True, "num_hidden_layers": 1}
+        "tiny", text={"name_or_path": str(folder), "pretrained": True, "num_hidden_layers": 1}
     )
     save_pretrained(model.eval(), tokenizer, tmp_path / "ckpt")
     shutil.rmtree(folder)

@@ -106,10 +106,11 @@ class TrainSection(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     log_every: int = Field(10, ge=1)
     eval_every: int = Field(1, ge=1)  # epochs
+    eval_at_start: bool = True  # the validation loss before any update: the baseline of the curves
     checkpoint_every: int | None = Field(None, ge=1)  # steps, in addition to every epoch's end
     max_nonfinite_steps: int = Field(5, ge=1)  # consecutive skipped steps before stopping
     stop_after_steps: int | None = Field(None, ge=1)  # stop early (the schedule still plans all epochs)
-    sync_batchnorm: bool = True  # under DDP, so BatchNorm heads see the global batch
+    sync_batchnorm: bool = True  # under DDP on GPUs, so BatchNorm sees the global batch (CPU: per rank)
     progress: bool = True
     tensorboard: bool = True
 

@@ -54,10 +54,34 @@ def barrier() -> None:
         dist.barrier()
 
 
+def _comm_device(t: torch.Tensor) -> torch.device:
+    # nccl only moves CUDA tensors; bookkeeping tensors (counters, RNG states) live on the CPU.
+    if dist.get_backend() == "nccl" and t.device.type != "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    return t.device
+
+
 def all_reduce_(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """In-place reduction over ranks of a tensor on any device (a no-op in a single process)."""
     if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op])
+        red = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op]
+        dev = _comm_device(t)
+        buf = t.to(dev)
+        dist.all_reduce(buf, op=red)
+        if buf is not t:
+            t.copy_(buf.to(t.device))
     return t
+
+
+def all_gather(t: torch.Tensor) -> list[torch.Tensor]:
+    """Every rank's copy of ``t`` (same shape on every rank), returned on ``t``'s device."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [t]
+    dev = _comm_device(t)
+    buf = t.to(dev)
+    parts = [torch.empty_like(buf) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, buf)
+    return [p.to(t.device) for p in parts]
 
 
 def cleanup() -> None:

@@ -52,9 +52,10 @@ class RunLogger:
             for k, v in row.items():
                 if isinstance(v, (int, float)) and k not in ("step", "epoch", "time"):
                     self._tb.add_scalar(f"{split}/{k}", v, row.get("step", 0))
-        if self._progress is None and row.get("split") == "valid":
+        split = row.get("split")
+        if self._progress is None and split == "valid":
             print(f"[valid] step {row['step']} loss {row['loss']:.4f}", file=sys.stderr)
-        elif self._progress is None:
+        elif self._progress is None and split == "train":
             print(f"[train] step {row['step']} loss {row.get('loss', float('nan')):.4f} "
                   f"{row.get('samples_per_s', 0):.1f} samples/s", file=sys.stderr)
 

@@ -144,7 +144,8 @@ def _train(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> TrainResult:
 
     device = env.device
     module = TrainingModule(model, objective).to(device)
-    if env.distributed and t.sync_batchnorm:
+    if env.distributed and t.sync_batchnorm and device.type == "cuda":
+        # SyncBatchNorm runs only on GPUs; on CPU (gloo) each rank normalises over its own samples.
         module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
     optimizer = build_optimizer({"model": module.model, "objective": module.objective}, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
@@ -162,6 +163,9 @@ def _train(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> TrainResult:
         rng = loaded.pop("rng_state_per_rank", [])
         if env.rank < len(rng):
             torch.set_rng_state(rng[env.rank])
+        cuda_rng = loaded.pop("cuda_rng_state_per_rank", [])
+        if device.type == "cuda" and env.rank < len(cuda_rng):
+            torch.cuda.set_rng_state(cuda_rng[env.rank], device)
         state.update(loaded)
 
     ddp = module
@@ -180,12 +184,20 @@ def _train(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> TrainResult:
     params = [p for p in module.parameters()]
 
     def checkpoint(name: Path) -> None:
-        rng_states = _gather_rng(env)
+        rng = {"rng_state_per_rank": mdist.all_gather(torch.get_rng_state())}
+        if device.type == "cuda":  # dropout on the GPU draws from the device's generator
+            rng["cuda_rng_state_per_rank"] = mdist.all_gather(torch.cuda.get_rng_state(device))
         if env.is_main:
             save_checkpoint(name, model=module.model, tokenizer=tokenizer, objective=module.objective,
-                            optimizer=optimizer, scheduler=scheduler,
-                            state={**state, "rng_state_per_rank": rng_states}, run_yaml=cfg.to_yaml())
+                            optimizer=optimizer, scheduler=scheduler, state={**state, **rng},
+                            run_yaml=cfg.to_yaml())
         mdist.barrier()
+
+    if valid_ds is not None and state["step"] == 0 and t.eval_at_start:
+        row = evaluate_loss(module, valid_ds, collate, t.batch_size, env, use_bf16, cfg.data.num_workers)
+        row.update({"split": "valid", "step": 0, "epoch": -1})
+        logger.log(row)
+        history.append(row)
 
     stop = False
     for epoch in range(state["epoch"], t.epochs):
@@ -193,8 +205,11 @@ def _train(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> TrainResult:
         train_ds.set_epoch(epoch)
         start_batch = state["batch_in_epoch"] if epoch == state["epoch"] else 0
         train_sampler.set_epoch(epoch, start_batch)
+        # The loader draws its workers' base seed from `generator`, not from the global stream, so
+        # a resumed run's dropout sees the same random numbers as an uninterrupted run's.
         loader = DataLoader(train_ds, batch_sampler=train_sampler, collate_fn=collate,
-                            num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
+                            num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
+                            generator=torch.Generator().manual_seed(t.seed * 7919 + epoch))
         module.train()
         micro, sums, n_parts, t0, samples = 0, {}, 0, time.perf_counter(), 0
         local_finite = torch.ones((), device=device)
@@ -235,7 +250,7 @@ def _train(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> TrainResult:
                 if consecutive_bad >= t.max_nonfinite_steps:
                     raise NonFiniteLossError(
                         f"{consecutive_bad} consecutive steps had a non-finite loss or gradient "
-                        f"(last loss parts: { {k: float(v) for k, v in parts.items()} }); lower optim.lr, "
+                        f"(last loss parts: { {k: float(v.detach()) for k, v in parts.items()} }); lower optim.lr, "
                         "check the data, or use train.precision=fp32"
                     )
             optimizer.zero_grad(set_to_none=True)
@@ -247,9 +262,9 @@ def _train(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> TrainResult:
                 dt = time.perf_counter() - t0
                 row = {"split": "train", "step": state["step"], "epoch": epoch,
                        "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                       "logit_scale": float(module.model.logit_scale_value()),
+                       "logit_scale": float(module.model.logit_scale_value().detach()),
                        "samples_per_s": samples / max(dt, 1e-9),
-                       **{k: v / n_parts for k, v in sums.items()}}
+                       **_mean_over_ranks({k: v / n_parts for k, v in sums.items()}, env)}
                 logger.log(row)
                 history.append(row)
                 sums, n_parts, t0, samples = {}, 0, time.perf_counter(), 0
@@ -280,6 +295,16 @@ def _train(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> TrainResult:
                        state["skipped_steps"], state["skipped_records"])
 
 
+def _mean_over_ranks(values: dict[str, float], env: mdist.DistEnv) -> dict[str, float]:
+    """Each rank's loss covers its own rows; the logged value is the global batch's (their mean)."""
+    if not env.distributed or not values:
+        return values
+    keys = sorted(values)
+    vec = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    mdist.all_reduce_(vec)
+    return {k: vec[i].item() / env.world_size for i, k in enumerate(keys)}
+
+
 def t_max(clip: float | None) -> float:
     return float("inf") if clip is None else float(clip)
 
@@ -292,24 +317,14 @@ class _nullcontext:
         return False
 
 
-def _gather_rng(env: mdist.DistEnv) -> list[torch.Tensor]:
-    state = torch.get_rng_state()
-    if not env.distributed:
-        return [state]
-    import torch.distributed as dist
-
-    parts = [torch.empty_like(state) for _ in range(env.world_size)]
-    dist.all_gather(parts, state)
-    return parts
-
-
 @torch.no_grad()
 def evaluate_loss(module: TrainingModule, dataset, collate, batch_size: int, env: mdist.DistEnv,
                   use_bf16: bool, num_workers: int = 0) -> dict[str, float]:
     """Mean objective over a split (weighted by batch size), in eval mode, summed over ranks."""
     sampler = ShardedBatchSampler(len(dataset), batch_size, seed=0, rank=env.rank, world_size=env.world_size,
                                   shuffle=False, drop_last=False)
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
+                        generator=torch.Generator().manual_seed(0))
     was_training = module.training
     module.eval()
     sums: dict[str, float] = {}
