@@ -1,0 +1,125 @@
+"""Fine-tuning: the whole image tower with a linear head, at label fractions of the train split.
+
+MGLL's protocol (research/mgll.md §4): every weight is trained, BCE-with-logits for multi-label and
+cross-entropy for multi-class data, AdamW; here with MGCA's early stopping on the validation loss
+(patience 10) and the test split scored once with the best weights.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medgrain.data.transforms import pretrain_transform
+from medgrain.evaluation.common import (
+    Result,
+    by_fraction,
+    fit_with_early_stopping,
+    image_dataset,
+    image_loader,
+    is_multiclass,
+    load_encoder,
+    note,
+    open_manifest,
+    print_fraction_table,
+    require_split,
+    subset,
+    write_result,
+)
+from medgrain.evaluation.fractions import FRACTIONS, fraction_name, fraction_plan
+from medgrain.evaluation.metrics import classification_metrics
+
+
+class ImageClassifier(nn.Module):
+    def __init__(self, visual: nn.Module, n_classes: int):
+        super().__init__()
+        self.visual = visual
+        self.head = nn.Linear(visual.width, n_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.visual(images).pooled)
+
+
+def _loss(logits: torch.Tensor, labels: torch.Tensor, multiclass: bool) -> torch.Tensor:
+    if multiclass:
+        return F.cross_entropy(logits, labels.argmax(1))
+    return F.binary_cross_entropy_with_logits(logits, labels)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader, multiclass: bool) -> tuple[np.ndarray, np.ndarray, float]:
+    """Probabilities, labels and the mean loss over ``loader``."""
+    device = next(model.parameters()).device
+    logits, labels = [], []
+    for batch in loader:
+        logits.append(model(batch["images"].to(device)).float().cpu())
+        labels.append(batch["labels"])
+    logits, labels = torch.cat(logits), torch.cat(labels)
+    probabilities = logits.softmax(1) if multiclass else logits.sigmoid()
+    return probabilities.numpy(), labels.numpy(), float(_loss(logits, labels, multiclass))
+
+
+def finetune(checkpoint: str, data, *, model: str = "tiny", fractions=FRACTIONS, seeds=(0, 1, 2),
+             epochs: int = 50, patience: int = 10, lr: float = 1e-4, weight_decay: float = 1e-4,
+             batch_size: int = 32, split: str = "test", valid_split: str = "valid", fractions_dir=None,
+             workers: int = 0, device=None, imagenet_weights: str | None = None, out=None, encoder=None) -> dict:
+    """Fine-tune the image tower and a linear head per label fraction and seed; the metrics of the
+    linear probe on ``split``, with their mean and standard deviation over seeds."""
+    manifest = open_manifest(data)
+    for s in ("train", split):
+        require_split(manifest, s, "fine-tuning")
+    names = manifest.finding_names
+    if not names:
+        raise ValueError(f"{manifest.path}: no record has a label; fine-tuning needs findings")
+    seeds = list(seeds)
+    encoder = encoder or load_encoder(checkpoint, model, seeds[0], device, imagenet_weights)
+    options = {"model": model, "fractions": [fraction_name(f) for f in fractions], "seeds": seeds, "epochs": epochs,
+               "patience": patience, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size,
+               "split": split, "valid_split": valid_split, "optimizer": "AdamW", "augmentation": "pretrain_transform"}
+    result = Result("finetune", encoder, manifest, options, seeds)
+
+    train_set = image_dataset(manifest, "train", pretrain_transform(encoder.preprocess))
+    test_loader = image_loader(image_dataset(manifest, split, encoder.transform), batch_size, workers=workers)
+    valid_loader = None
+    if any(r.image for r in manifest.split(valid_split)):
+        valid_loader = image_loader(image_dataset(manifest, valid_split, encoder.transform), batch_size, workers=workers)
+    else:
+        note(f"split '{valid_split}' has no images: every epoch runs, the last weights are scored, "
+             "F1 uses the threshold 0.5", result.warnings)
+    multiclass = is_multiclass(train_set.labels.numpy())
+    device = next(encoder.model.parameters()).device
+
+    runs = []
+    for fraction, seed, ids in fraction_plan(manifest, fractions, seeds, fractions_dir):
+        torch.manual_seed(seed)
+        classifier = ImageClassifier(copy.deepcopy(encoder.model.visual), len(names)).to(device)
+        records = subset(train_set, ids)
+        # drop_last: a lone last sample would give BatchNorm a batch of one
+        loader = image_loader(records, min(batch_size, len(records)), shuffle=True, workers=workers, seed=seed,
+                              drop_last=len(records) > batch_size)
+
+        def batch_loss(batch, classifier=classifier):
+            return _loss(classifier(batch["images"].to(device)), batch["labels"].to(device), multiclass)
+
+        def validate(classifier=classifier):
+            return predict(classifier, valid_loader, multiclass)[2]
+
+        fit = fit_with_early_stopping(classifier, classifier.parameters(), loader, batch_loss,
+                                      validate if valid_loader else None, epochs, patience, lr, weight_decay,
+                                      f"finetune {fraction_name(fraction)} seed {seed}")
+        scores, labels, _ = predict(classifier, test_loader, multiclass)
+        valid_scores, valid_labels = predict(classifier, valid_loader, multiclass)[:2] if valid_loader else (None, None)
+        metrics = classification_metrics(scores, labels, names, multiclass, valid_scores, valid_labels)
+        runs.append({"fraction": fraction, "seed": seed, "n_train": len(records), **fit, "metrics": metrics})
+
+    result.metrics = {"task_type": "multiclass" if multiclass else "multilabel", "fractions": by_fraction(runs)}
+    excluded = {n: r for run in runs for n, r in run["metrics"]["excluded"].items()}
+    if excluded:
+        note(f"left out of the macro means (undefined on split '{split}'): {excluded}", result.warnings)
+    print_fraction_table(f"fine-tuning on {split}: {manifest.path}", result.metrics["fractions"],
+                         ["auroc", "ap", "f1", "accuracy"])
+    return write_result(result.to_dict(), out)

@@ -1,0 +1,228 @@
+"""Metrics of every downstream task, vectorised, with undefined values named instead of NaN.
+
+A class with no positives (or no negatives) has no AUROC. Such a value is reported as ``None``,
+its reason is recorded, and the macro mean is taken over the classes where it is defined, so that
+a missing class never turns the headline number into NaN or silently into 0.5.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+
+# MGCA reports detection mAP averaged over these IoU thresholds (research/mgca.md §4.2).
+MGCA_IOU_THRESHOLDS = tuple(round(0.40 + 0.05 * i, 2) for i in range(8))
+COCO_IOU_THRESHOLDS = tuple(round(0.50 + 0.05 * i, 2) for i in range(10))
+
+
+def _mean(values) -> float | None:
+    defined = [v for v in values if v is not None]
+    return float(np.mean(defined)) if defined else None
+
+
+def _as_numpy(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _undefined_reason(positives: int, negatives: int) -> str | None:
+    if positives == 0:
+        return "no positives"
+    if negatives == 0:
+        return "no negatives"
+    return None
+
+
+def f1_thresholds(scores, targets) -> np.ndarray:
+    """Per class, the score threshold that maximises F1 (chosen on a validation split).
+
+    A class without positives gets 0.5: no threshold can be learned from it."""
+    scores, targets = _as_numpy(scores).astype(np.float64), _as_numpy(targets).astype(bool)
+    thresholds = np.full(scores.shape[1], 0.5)
+    for c in range(scores.shape[1]):
+        if not targets[:, c].any():
+            continue
+        precision, recall, cuts = precision_recall_curve(targets[:, c], scores[:, c])
+        f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+        thresholds[c] = cuts[int(np.argmax(f1[:-1]))]  # the last point (recall 0) has no threshold
+    return thresholds
+
+
+def multilabel_metrics(scores, targets, names: list[str], thresholds=None) -> dict:
+    """AUROC, AP, F1 and accuracy per finding and their macro means, for multi-label scores.
+
+    ``thresholds`` (one per class, e.g. from :func:`f1_thresholds` on the validation split) decide
+    F1 and accuracy; without them 0.5 is used. Undefined values are ``None`` and named in
+    ``excluded`` with their reason."""
+    scores, targets = _as_numpy(scores).astype(np.float64), _as_numpy(targets).astype(bool)
+    if scores.shape != targets.shape or scores.shape[1] != len(names):
+        raise ValueError(f"scores {scores.shape}, targets {targets.shape} and {len(names)} names disagree")
+    if len(scores) == 0:
+        raise ValueError("no samples to score: the split is empty")
+    thresholds = np.full(len(names), 0.5) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+    predicted = scores >= thresholds[None, :]
+    positives, negatives = targets.sum(0), (~targets).sum(0)
+    tp = (predicted & targets).sum(0)
+    fp = (predicted & ~targets).sum(0)
+    fn = (~predicted & targets).sum(0)
+    accuracy = (predicted == targets).mean(0)
+
+    per_class, excluded = {}, {}
+    for c, name in enumerate(names):
+        reason = _undefined_reason(int(positives[c]), int(negatives[c]))
+        auroc = None if reason else float(roc_auc_score(targets[:, c], scores[:, c]))
+        ap = None if positives[c] == 0 else float(average_precision_score(targets[:, c], scores[:, c]))
+        # F1 of a class that is absent and never predicted is 0/0; report it as undefined.
+        f1_denominator = 2 * tp[c] + fp[c] + fn[c]
+        f1 = None if f1_denominator == 0 or positives[c] == 0 else float(2 * tp[c] / f1_denominator)
+        if reason:
+            excluded[name] = reason
+        per_class[name] = {
+            "auroc": auroc, "ap": ap, "f1": f1, "accuracy": float(accuracy[c]),
+            "threshold": float(thresholds[c]), "positives": int(positives[c]), "negatives": int(negatives[c]),
+        }
+    macro = {m: _mean(v[m] for v in per_class.values()) for m in ("auroc", "ap", "f1", "accuracy")}
+    return {"macro": macro, "per_class": per_class, "excluded": excluded}
+
+
+def multiclass_metrics(probabilities, target_index, names: list[str]) -> dict:
+    """Top-1 accuracy, and one-vs-rest AUROC, AP and F1 per class with their macro means
+    (MGLL's protocol for multi-class data, research/mgll.md §4)."""
+    probabilities = _as_numpy(probabilities).astype(np.float64)
+    target_index = _as_numpy(target_index).astype(np.int64)
+    if len(probabilities) == 0:
+        raise ValueError("no samples to score: the split is empty")
+    n_classes = len(names)
+    targets = np.eye(n_classes, dtype=bool)[target_index]
+    predicted = np.eye(n_classes, dtype=bool)[probabilities.argmax(1)]
+    positives, negatives = targets.sum(0), (~targets).sum(0)
+    tp, fp, fn = (predicted & targets).sum(0), (predicted & ~targets).sum(0), (~predicted & targets).sum(0)
+
+    per_class, excluded = {}, {}
+    for c, name in enumerate(names):
+        reason = _undefined_reason(int(positives[c]), int(negatives[c]))
+        f1_denominator = 2 * tp[c] + fp[c] + fn[c]
+        if reason:
+            excluded[name] = reason
+        per_class[name] = {
+            "auroc": None if reason else float(roc_auc_score(targets[:, c], probabilities[:, c])),
+            "ap": None if positives[c] == 0 else float(average_precision_score(targets[:, c], probabilities[:, c])),
+            "f1": None if positives[c] == 0 or f1_denominator == 0 else float(2 * tp[c] / f1_denominator),
+            "positives": int(positives[c]), "negatives": int(negatives[c]),
+        }
+    macro = {m: _mean(v[m] for v in per_class.values()) for m in ("auroc", "ap", "f1")}
+    macro["accuracy"] = float((probabilities.argmax(1) == target_index).mean())
+    return {"macro": macro, "per_class": per_class, "excluded": excluded}
+
+
+def classification_metrics(scores, labels, names: list[str], multiclass: bool,
+                           valid_scores=None, valid_labels=None) -> dict:
+    """The metrics of a classifier's test scores: top-1 and one-vs-rest for multi-class data; per
+    finding, with F1 thresholds chosen on the validation scores when given, for multi-label data."""
+    if multiclass:
+        return multiclass_metrics(scores, _as_numpy(labels).argmax(1), names)
+    thresholds = None if valid_scores is None else f1_thresholds(valid_scores, valid_labels)
+    return multilabel_metrics(scores, labels, names, thresholds)
+
+
+# ---------------------------------------------------------------------------------------- retrieval
+
+
+def retrieval_ranks(similarity: torch.Tensor, query_keys, gallery_keys, chunk: int = 4096) -> torch.Tensor:
+    """1-based rank of the first correct gallery item for every query.
+
+    An item is correct when its key equals the query's key, so duplicates of a text all count as
+    hits. Ties with a wrong item count against the query: a collapsed encoder that scores every
+    pair alike gets the worst rank, not the best."""
+    query_keys = torch.as_tensor(query_keys)
+    gallery_keys = torch.as_tensor(gallery_keys)
+    if similarity.shape != (len(query_keys), len(gallery_keys)):
+        raise ValueError(f"similarity {tuple(similarity.shape)} does not match {len(query_keys)} queries "
+                         f"and {len(gallery_keys)} gallery items")
+    ranks = []
+    for start in range(0, len(query_keys), chunk):  # chunks of queries bound the memory of the masks
+        sim = similarity[start:start + chunk].float()
+        correct = query_keys[start:start + chunk, None] == gallery_keys[None, :]
+        if not correct.any(1).all():
+            raise ValueError("a query has no correct item in the gallery")
+        best_correct = sim.masked_fill(~correct, float("-inf")).amax(1, keepdim=True)
+        ranks.append(((sim >= best_correct) & ~correct).sum(1) + 1)
+    return torch.cat(ranks)
+
+
+def recall_metrics(ranks: torch.Tensor, ks=(1, 5, 10)) -> dict:
+    ranks = ranks.double()
+    out = {f"R@{k}": float((ranks <= k).double().mean()) for k in ks}
+    out["median_rank"] = float(np.median(ranks.numpy()))
+    out["mean_rank"] = float(ranks.mean())
+    return out
+
+
+# ------------------------------------------------------------------------------------- segmentation
+
+
+def dice_per_image(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Hard Dice of each image (N, H, W) bool; an empty mask predicted empty scores 1
+    (MGCA's convention, research/mgca.md §4.3)."""
+    predicted, target = predicted.flatten(1).bool(), target.flatten(1).bool()
+    intersection = (predicted & target).sum(1).double()
+    total = predicted.sum(1).double() + target.sum(1).double()
+    return torch.where(total == 0, torch.ones_like(total), 2 * intersection / total.clamp_min(1))
+
+
+# ---------------------------------------------------------------------------------------- detection
+
+
+def require_coco_evaluation() -> None:
+    """torchmetrics' mAP runs COCO's own evaluation code, from pycocotools."""
+    import importlib.util
+
+    if importlib.util.find_spec("pycocotools") is None:
+        raise ModuleNotFoundError("detection mAP uses torchmetrics' COCO evaluation, which needs pycocotools: "
+                                  "pip install pycocotools")
+
+
+def detection_map(predictions: list[dict], targets: list[dict]) -> dict:
+    """mAP averaged over IoU 0.40..0.75 (MGCA's number) and COCO's mAP@[0.50:0.95], mAP@0.5.
+
+    ``predictions``: per image ``boxes`` (B, 4) xyxy, ``scores`` (B,), ``labels`` (B,);
+    ``targets``: per image ``boxes`` and ``labels``. torchmetrics' COCO evaluation does the
+    matching; it needs pycocotools."""
+    from torchmetrics.detection import MeanAveragePrecision
+
+    require_coco_evaluation()
+    mgca = MeanAveragePrecision(iou_type="bbox", iou_thresholds=list(MGCA_IOU_THRESHOLDS))
+    coco = MeanAveragePrecision(iou_type="bbox", iou_thresholds=list(COCO_IOU_THRESHOLDS))
+    if not any(len(t["boxes"]) for t in targets):
+        raise ValueError("no ground-truth boxes in this split: mAP is undefined")
+    mgca.update(predictions, targets)
+    coco.update(predictions, targets)
+    a, b = mgca.compute(), coco.compute()
+
+    def value(x) -> float | None:  # torchmetrics marks "undefined" as -1
+        x = float(x)
+        return None if x < 0 else x
+
+    return {"map_40_75": value(a["map"]), "map_coco": value(b["map"]), "map_50": value(b["map_50"]),
+            "map_75": value(b["map_75"]), "mar_100": value(b["mar_100"])}
+
+
+# ------------------------------------------------------------------------------------------- seeds
+
+
+def summarise_runs(runs: list[dict]) -> dict:
+    """Mean, standard deviation (ddof=1; 0 for one run) and the values of every numeric leaf of the
+    per-seed results, keeping their nesting: ``{"macro": {"auroc": {"mean", "std", "values"}}}``.
+    A value that is undefined in some runs is averaged over the runs where it is defined."""
+    def walk(items: list):
+        first = next((x for x in items if x is not None), None)
+        if isinstance(first, dict):
+            keys = list(dict.fromkeys(k for x in items if x for k in x))
+            return {k: walk([x.get(k) if x else None for x in items]) for k in keys}
+        if isinstance(first, bool) or not isinstance(first, (int, float)):
+            return first
+        values = [float(x) for x in items if x is not None]
+        std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        return {"mean": float(np.mean(values)), "std": std, "values": [None if x is None else float(x) for x in items]}
+
+    return walk(runs)

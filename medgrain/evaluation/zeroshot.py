@@ -1,0 +1,207 @@
+"""Zero-shot classification by prompts (our protocol: neither MGCA nor MGLL evaluates zero-shot).
+
+Multi-label data: for every finding a positive and a negative prompt; the probability of the
+finding is the softmax over the pair, ``sigmoid(scale * (s_pos - s_neg))`` (CheXzero's protocol).
+Multi-class data (one label per record): a softmax over the findings' positive prompts.
+
+Prompts are written per granularity, in the words of that granularity's texts, so a model trained
+on category names and one trained on reports are each asked in their own language. Every
+granularity is scored alone and in the ensemble: per granularity the average of its templates'
+normalised embeddings, then the average over granularities (each weighs the same), normalised.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from medgrain.evaluation.common import (
+    Result,
+    is_multiclass,
+    load_encoder,
+    note,
+    open_manifest,
+    per_class_rows,
+    print_table,
+    require_split,
+    write_result,
+)
+from medgrain.evaluation.features import encode_texts, extract_features
+from medgrain.evaluation.metrics import f1_thresholds, multiclass_metrics, multilabel_metrics
+
+ENSEMBLE = "ensemble"
+
+
+class PolarTemplates(BaseModel):
+    """Templates of one granularity. ``{finding}`` is the finding's wording, ``{Finding}`` the same
+    capitalised; a template without either (``normal chest radiograph``) is the same for all findings."""
+
+    model_config = ConfigDict(extra="forbid")
+    positive: list[str]
+    negative: list[str] = []
+
+
+class Prompts(BaseModel):
+    """A prompt file (YAML or JSON): ``templates: {granularity: {positive: [...], negative: [...]}}``
+    and optionally ``names: {finding: wording}`` (default: the finding name in lower case)."""
+
+    model_config = ConfigDict(extra="forbid")
+    templates: dict[str, PolarTemplates]
+    names: dict[str, str] = {}
+
+
+# Defaults in the words of the field, per granularity (see docs/evaluation.md).
+DEFAULT_PROMPTS = {
+    "cxr": Prompts(templates={
+        "abnormality": PolarTemplates(positive=["abnormal chest radiograph"], negative=["normal chest radiograph"]),
+        "category": PolarTemplates(positive=["{finding}"], negative=["no {finding}"]),
+        "description": PolarTemplates(
+            positive=["There is {finding}.", "{Finding} is present.", "Findings consistent with {finding}."],
+            negative=["No {finding}.", "There is no {finding}.", "No evidence of {finding}."],
+        ),
+        "report": PolarTemplates(
+            positive=["FINDINGS: There is {finding}. IMPRESSION: {Finding}."],
+            negative=["FINDINGS: No {finding}. IMPRESSION: No acute cardiopulmonary process."],
+        ),
+    }),
+    "fundus": Prompts(templates={
+        "abnormality": PolarTemplates(positive=["abnormal fundus photograph"], negative=["normal fundus photograph"]),
+        "category": PolarTemplates(positive=["{finding}"], negative=["no {finding}"]),
+        "description": PolarTemplates(
+            positive=["Fundus photograph showing {finding}.", "Signs of {finding} in the fundus."],
+            negative=["Fundus photograph without {finding}.", "No signs of {finding} in the fundus."],
+        ),
+    }),
+}
+
+
+def load_prompts(path: str | Path) -> Prompts:
+    path = Path(path)
+    try:
+        return Prompts.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))  # YAML reads JSON too
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"cannot read prompt file {path}: {e}") from None
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ValueError(f"{path}: field '{where}': {first['msg']}") from None
+
+
+def wording(name: str) -> str:
+    """How a finding is named inside a sentence: lower case except acronyms (``AMD``)."""
+    return " ".join(w if w.isupper() and len(w) > 1 else w.lower() for w in name.replace("_", " ").split())
+
+
+def fill(template: str, finding: str) -> str:
+    return template.replace("{Finding}", finding[:1].upper() + finding[1:]).replace("{finding}", finding)
+
+
+def class_embeddings(encoder, templates: list[str], names: list[str], prompts: Prompts) -> torch.Tensor:
+    """(F, E): per finding, the normalised mean of its templates' normalised embeddings."""
+    texts = [fill(t, prompts.names.get(n, wording(n))) for n in names for t in templates]
+    embeddings = encode_texts(encoder, texts).reshape(len(names), len(templates), -1)
+    return F.normalize(embeddings.mean(1), dim=-1)
+
+
+def zero_shot(checkpoint: str, data, *, model: str = "tiny", mode: Literal["auto", "pairs", "softmax"] = "auto",
+              prompts: str | Path | None = None, domain: str | None = None, split: str = "test",
+              threshold_split: str = "valid", batch_size: int = 64, workers: int = 0, cache_dir=None,
+              device=None, seed: int = 0, imagenet_weights: str | None = None, out=None,
+              encoder=None) -> dict:
+    """Zero-shot classification of ``split`` by prompts at every granularity and their ensemble.
+
+    ``mode``: ``pairs`` (positive vs negative prompt per finding, multi-label), ``softmax`` (over
+    the findings, multi-class), ``auto`` (softmax when every record has exactly one label).
+    F1 and accuracy use per-finding thresholds chosen for the best F1 on ``threshold_split``."""
+    manifest = open_manifest(data)
+    require_split(manifest, split, "zero-shot")
+    names = manifest.finding_names
+    if not names:
+        raise ValueError(f"{manifest.path}: no record has a label; zero-shot classification needs findings")
+    encoder = encoder or load_encoder(checkpoint, model, seed, device, imagenet_weights)
+    options = {"mode": mode, "prompts": str(prompts) if prompts else None, "domain": domain, "split": split,
+               "threshold_split": threshold_split, "model": model, "batch_size": batch_size}
+    result = Result("zero-shot", encoder, manifest, options, seed)
+
+    test = extract_features(encoder, manifest, split, "embedding", batch_size, workers, cache_dir)
+    if mode == "auto":
+        mode = "softmax" if is_multiclass(test.labels) else "pairs"
+    if mode == "softmax" and not is_multiclass(test.labels):
+        raise ValueError(f"{manifest.path}: mode 'softmax' needs exactly one label per record in split '{split}'")
+    valid = None
+    if mode == "pairs":
+        if any(r.image is not None for r in manifest.split(threshold_split)):
+            valid = extract_features(encoder, manifest, threshold_split, "embedding", batch_size, workers, cache_dir)
+        else:
+            note(f"split '{threshold_split}' has no images: F1 and accuracy use the threshold 0.5", result.warnings)
+
+    prompt_set = load_prompts(prompts) if prompts else default_prompts(manifest, domain)
+    scale = float(encoder.model.logit_scale_value().detach())
+    positives, negatives = {}, {}
+    for granularity, templates in prompt_set.templates.items():
+        positives[granularity] = class_embeddings(encoder, templates.positive, names, prompt_set)
+        if templates.negative:
+            negatives[granularity] = class_embeddings(encoder, templates.negative, names, prompt_set)
+        elif mode == "pairs":
+            note(f"granularity '{granularity}' has no negative prompts; it is left out of the pairwise scores",
+                 result.warnings)
+    usable = list(negatives) if mode == "pairs" else list(positives)
+    if not usable:
+        raise ValueError("no granularity has both positive and negative prompts; pairwise zero-shot needs both")
+    for embeddings in (positives, negatives) if mode == "pairs" else (positives,):
+        embeddings[ENSEMBLE] = F.normalize(torch.stack([embeddings[g] for g in usable]).mean(0), dim=-1)
+
+    def probabilities(features: np.ndarray, granularity: str) -> np.ndarray:
+        images = torch.from_numpy(features)
+        positive = images @ positives[granularity].T
+        if mode == "softmax":
+            return torch.softmax(scale * positive, dim=1).numpy()
+        return torch.sigmoid(scale * (positive - images @ negatives[granularity].T)).numpy()
+
+    by_prompt = {}
+    for granularity in [*usable, ENSEMBLE]:
+        if mode == "softmax":
+            by_prompt[granularity] = multiclass_metrics(probabilities(test.features, granularity),
+                                                        test.labels.argmax(1), names)
+            continue
+        thresholds = None
+        if valid is not None:
+            thresholds = f1_thresholds(probabilities(valid.features, granularity), valid.labels)
+        by_prompt[granularity] = multilabel_metrics(probabilities(test.features, granularity), test.labels,
+                                                    names, thresholds)
+    headline = by_prompt[ENSEMBLE]
+    if headline["excluded"]:
+        note(f"left out of the macro means (undefined on split '{split}'): {headline['excluded']}", result.warnings)
+    result.options["mode"] = mode
+    result.metrics = {"mode": mode, **headline, "by_prompt": by_prompt, "prompts": prompt_set.model_dump(),
+                      "logit_scale": scale}
+
+    columns = ["auroc", "ap", "f1", "accuracy"] if mode == "pairs" else ["auroc", "ap", "f1"]
+    print_table(f"zero-shot ({mode}, prompt ensemble) on {split}: {manifest.path}", ["finding", *columns],
+                per_class_rows(headline, names, columns))
+    if mode == "softmax":
+        print_table("zero-shot accuracy", ["prompts", "accuracy"],
+                    [[g, m["macro"]["accuracy"]] for g, m in by_prompt.items()])
+    print_table("zero-shot by granularity", ["prompts", "AUROC", "AP", "F1"],
+                [[g, m["macro"]["auroc"], m["macro"]["ap"], m["macro"]["f1"]] for g, m in by_prompt.items()])
+    return write_result(result.to_dict(), out)
+
+
+def default_prompts(manifest, domain: str | None) -> Prompts:
+    """The default prompts of the data's domain (the records' ``domain``, else ``domain``)."""
+    if domain is None:
+        domains = Counter(r.domain for r in manifest.records if r.domain)
+        domain = domains.most_common(1)[0][0] if domains else None
+    if domain not in DEFAULT_PROMPTS:
+        raise ValueError(
+            f"{manifest.path}: no default prompts for domain {domain!r} (known: {sorted(DEFAULT_PROMPTS)}); "
+            "pass domain= (--domain) or a prompt file (--prompts FILE, see docs/evaluation.md)"
+        )
+    return DEFAULT_PROMPTS[domain]
