@@ -91,6 +91,79 @@ def _cmd_leakage(a: argparse.Namespace) -> int:
     return 1 if (leaks and a.fail) else 0
 
 
+def _cmd_evaluate(a: argparse.Namespace) -> int:
+    import inspect
+
+    from .evaluation import TASK_FUNCTIONS
+
+    fn = TASK_FUNCTIONS[a.task]
+    skip = ("command", "func", "task", "checkpoint", "data")
+    given = {k: v for k, v in vars(a).items() if v is not None and k not in skip}
+    extra = sorted(set(given) - set(inspect.signature(fn).parameters))
+    if extra:
+        raise ValueError(f"medgrain evaluate {a.task}: option(s) {', '.join('--' + e.replace('_', '-') for e in extra)} "
+                         "do not apply to this task")
+    fn(a.checkpoint, a.data, **given)
+    return 0
+
+
+def _add_evaluate(sub) -> None:
+    from .evaluation import TASK_FUNCTIONS
+
+    p = sub.add_parser("evaluate", help="downstream evaluation of a checkpoint (or a random/imagenet baseline)",
+                       description="Each task prints a table and writes JSON with its options, split sizes and "
+                                   "metrics. See docs/evaluation.md.")
+    p.add_argument("task", choices=sorted(TASK_FUNCTIONS))
+    p.add_argument("--checkpoint", required=True, help="a checkpoint directory, 'random' or 'imagenet'")
+    p.add_argument("--data", type=Path, required=True, help="manifest.jsonl")
+    p.add_argument("--out", type=Path, help="result JSON to write")
+    p.add_argument("--model", help="model preset for the random/imagenet baselines")
+    p.add_argument("--imagenet-weights", help="local ImageNet weights for the imagenet baseline")
+    p.add_argument("--split", help="the split evaluated (default test)")
+    p.add_argument("--valid-split")
+    p.add_argument("--workers", type=int)
+    p.add_argument("--device")
+    p.add_argument("--seeds", type=int, nargs="+")
+    p.add_argument("--fractions", type=float, nargs="+", help="label fractions, e.g. 0.01 0.1 1")
+    p.add_argument("--fractions-dir", type=Path)
+    p.add_argument("--cache-dir", type=Path, help="feature cache (default ~/.cache/medgrain/features)")
+    p.add_argument("--mode", choices=["auto", "pairs", "softmax"], help="zero-shot scoring")
+    p.add_argument("--prompts", type=Path, help="zero-shot prompt templates (YAML or JSON)")
+    p.add_argument("--domain", choices=["cxr", "fundus"])
+    p.add_argument("--threshold-split")
+    p.add_argument("--text", help="retrieval: 'report', a granularity, or 'all'")
+    p.add_argument("--c-grid", type=float, nargs="+", help="linear probe: inverse regularisation strengths")
+    p.add_argument("--max-iter", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--patience", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--finding", help="segment/detect: one finding (default: all, as one class)")
+    p.add_argument("--threshold", type=float)
+    p.add_argument("--train-encoder", action="store_false", dest="freeze", default=None,
+                   help="segment: train the encoder too (default: frozen, in eval mode)")
+    p.add_argument("--score-threshold", type=float)
+    p.add_argument("--fpn-channels", type=int)
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_attention(a: argparse.Namespace) -> int:
+    from .models.attention_maps import attention_command
+
+    out = attention_command(a.checkpoint, a.image, a.text, a.out, max_words=a.max_words, temperature=a.temperature)
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_report(a: argparse.Namespace) -> int:
+    from .report import report_command
+
+    out = report_command(a.run_dirs, a.out, results=a.results, data=a.data, title=a.title, cache_dir=a.cache_dir)
+    print(f"wrote {out}")
+    return 0
+
+
 def _add_pretrain(sub) -> None:
     p = sub.add_parser("pretrain", help="pretrain a dual encoder (clip, mgll, mgca, mgca+mgll) from a YAML config",
                        description="Also runs under torchrun: torchrun --nproc_per_node N -m medgrain pretrain ...")
@@ -103,7 +176,10 @@ def _add_pretrain(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="medgrain", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="medgrain",
+        description="Medical vision-language pretraining at several text granularities: MGLL, MGCA, CLIP.",
+    )
     parser.add_argument("--version", action="version", version=f"medgrain {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -123,7 +199,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_info)
 
     _add_pretrain(sub)
+    _add_evaluate(sub)
     _add_prepare(sub)
+
+    p = sub.add_parser("attention", help="word-to-image attention maps of a checkpoint with token heads (MGCA)")
+    p.add_argument("--checkpoint", required=True, type=Path)
+    p.add_argument("--image", required=True, type=Path)
+    p.add_argument("--text", required=True)
+    p.add_argument("--out", required=True, type=Path, help="PNG to write")
+    p.add_argument("--max-words", type=int, default=12)
+    p.add_argument("--temperature", type=float, default=0.1, help="softmax temperature of word-to-patch attention")
+    p.set_defaults(func=_cmd_attention)
+
+    p = sub.add_parser("report", help="a self-contained HTML report of pretraining and evaluation runs")
+    p.add_argument("run_dirs", nargs="*", type=Path, help="run folders (default: those listed in --results)")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--results", type=Path, help="results.json of a demo")
+    p.add_argument("--data", type=Path, help="manifest for the data sample and attention examples")
+    p.add_argument("--title")
+    p.add_argument("--cache-dir", type=Path)
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("leakage", help="images of manifest B that also appear in manifest A (perceptual hash)")
     p.add_argument("a", type=Path, help="e.g. the pretraining manifest")
