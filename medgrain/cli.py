@@ -53,12 +53,10 @@ def _cmd_prepare(a: argparse.Namespace) -> int:
 def _add_prepare(sub) -> None:
     from argparse import SUPPRESS
 
-    from .data.prepare import PREPARERS
-
     p = sub.add_parser("prepare", help="turn a public dataset, as distributed, into a manifest",
                        description="See docs/datasets.md for where to get each dataset and what comes out. "
                                    "Options a dataset does not take are refused.")
-    p.add_argument("dataset", choices=sorted(PREPARERS))
+    p.add_argument("dataset", choices=PREPARE_DATASETS)
     p.add_argument("--root", type=Path, default=None, help="the dataset's folder as downloaded")
     p.add_argument("--out", type=Path, required=True, help="manifest.jsonl to write")
     opt = dict(default=SUPPRESS)
@@ -107,13 +105,18 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
-def _add_evaluate(sub) -> None:
-    from .evaluation import TASK_FUNCTIONS
+# Kept here so that building the parser imports nothing heavy; tests/test_cli.py checks them against
+# the registries (medgrain.evaluation.TASK_FUNCTIONS, medgrain.data.prepare.PREPARERS).
+EVALUATE_TASKS = ("all", "detect", "finetune", "linear-probe", "retrieval", "segment", "zero-shot")
+PREPARE_DATASETS = ("chestxray14", "chexpert", "covidx", "mgll-fundus", "mimic-cxr", "openi", "rfmid",
+                    "rsna-pneumonia", "siim-pneumothorax")
 
+
+def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="downstream evaluation of a checkpoint (or a random/imagenet baseline)",
                        description="Each task prints a table and writes JSON with its options, split sizes and "
                                    "metrics. See docs/evaluation.md.")
-    p.add_argument("task", choices=sorted(TASK_FUNCTIONS))
+    p.add_argument("task", choices=EVALUATE_TASKS)
     p.add_argument("--checkpoint", required=True, help="a checkpoint directory, 'random' or 'imagenet'")
     p.add_argument("--data", type=Path, required=True, help="manifest.jsonl")
     p.add_argument("--out", type=Path, help="result JSON to write")
@@ -164,6 +167,13 @@ def _cmd_report(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(a: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(a.domain, quick=a.quick, out=a.out, epochs=a.epochs, n=a.n, seed=a.seed, device=a.device)
+    return 0
+
+
 def _add_pretrain(sub) -> None:
     p = sub.add_parser("pretrain", help="pretrain a dual encoder (clip, mgll, mgca, mgca+mgll) from a YAML config",
                        description="Also runs under torchrun: torchrun --nproc_per_node N -m medgrain pretrain ...")
@@ -201,6 +211,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pretrain(sub)
     _add_evaluate(sub)
     _add_prepare(sub)
+
+    p = sub.add_parser("demo", help="pretrain CLIP, MGLL, MGCA and MGCA+MGLL on synthetic data, evaluate, report",
+                       description="Generates (or reuses) a synthetic dataset, pretrains every method with the same "
+                                   "budget, evaluates each next to a random baseline, and writes OUT/results.json "
+                                   "and OUT/report.html.")
+    p.add_argument("--domain", default="cxr", choices=["cxr", "fundus"])
+    p.add_argument("--quick", action="store_true", help="a small budget (about 3 minutes on 2 CPU cores)")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--epochs", type=int, help="pretraining epochs per method (a larger budget on a GPU)")
+    p.add_argument("--n", type=int, help="number of synthetic studies")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("attention", help="word-to-image attention maps of a checkpoint with token heads (MGCA)")
     p.add_argument("--checkpoint", required=True, type=Path)

@@ -59,11 +59,11 @@ class TrainResult:
         return [h["loss"] for h in self.history if h.get("split") == "valid"]
 
 
-def _to_device(obj, device: torch.device):
+def to_device(obj, device: torch.device):
     if isinstance(obj, torch.Tensor):
         return obj.to(device, non_blocking=True)
     if isinstance(obj, dict):
-        return {k: _to_device(v, device) for k, v in obj.items()}
+        return {k: to_device(v, device) for k, v in obj.items()}
     return obj
 
 
@@ -215,7 +215,7 @@ def _train(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> TrainResult:
         local_finite = torch.ones((), device=device)
         for batch in loader:
             state["skipped_records"] += int(batch.get("skipped", 0))
-            batch = _to_device(batch, device)
+            batch = to_device(batch, device)
             sync = (micro + 1) % t.grad_accum == 0
             ctx = ddp.no_sync() if (env.distributed and not sync) else _nullcontext()
             with ctx, torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
@@ -333,7 +333,7 @@ def evaluate_loss(module: TrainingModule, dataset, collate, batch_size: int, env
         n = batch["images"].shape[0]
         if n < 2:  # a contrastive loss over one sample is 0 by construction: leave it out
             continue
-        batch = _to_device(batch, env.device)
+        batch = to_device(batch, env.device)
         with torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             parts = module(batch)
         for k, v in parts.items():

@@ -1,0 +1,154 @@
+"""Time per training step, split into data, forward, loss, backward and optimizer, per objective.
+
+Run by hand (not a test):
+    python benchmarks/bench_train_step.py --preset tiny --size 64 --batch-sizes 32 64
+    python benchmarks/bench_train_step.py --preset minilm-vit-small --size 224 --device cuda --batch-sizes 64 128
+
+"data" is the collate of a batch (reading, augmenting, tokenising); "forward" the encoders; "loss" the
+objective's loss functions on the encoder outputs; "backward" and "optimizer" what they say. On CUDA
+every phase is closed with a synchronisation, so the split is honest but a little slower than a real
+step. Results go to stdout as a table (and to --json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from medgrain.data import Collator, ImageTextDataset, pretrain_transform, read_manifest
+from medgrain.data.synthetic import generate
+from medgrain.losses.objective import build_objective
+from medgrain.models import create_model
+from medgrain.training.config import ObjectiveConfig
+from medgrain.training.loop import to_device
+
+
+class Timer:
+    def __init__(self, device: torch.device):
+        self.device, self.t = device, time.perf_counter()
+
+    def lap(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        dt, self.t = now - self.t, now
+        return dt
+
+
+class SplitModel(torch.nn.Module):
+    """Runs the towers once, then lets the objective read cached outputs: the loss is timed apart."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.cache = model, {}
+
+    def logit_scale_value(self):
+        return self.model.logit_scale_value()
+
+    def _cached(self, name, fn, key):
+        k = (name, id(key))
+        if k not in self.cache:
+            self.cache[k] = fn(key)
+        return self.cache[k]
+
+    def encode_image(self, x):
+        return self._cached("encode_image", self.model.encode_image, x)
+
+    def encode_text(self, t):
+        return self._cached("encode_text", self.model.encode_text, t)
+
+    def image_tokens(self, x):
+        return self._cached("image_tokens", self.model.image_tokens, x)
+
+    def text_tokens(self, t):
+        return self._cached("text_tokens", self.model.text_tokens, t)
+
+
+def bench(objective_name: str, preset: str, size: int, batch_size: int, device: torch.device, steps: int,
+          manifest, bf16: bool) -> dict:
+    created = create_model(preset, image={"image_size": size})
+    model = created.model.to(device).train()
+    granularities = manifest.granularities
+    objective = build_objective(ObjectiveConfig(name=objective_name, mgca={"num_prototypes": 64}),
+                                granularities, True, model.embed_dim).to(device)
+    ds = ImageTextDataset(manifest, "train", transform=pretrain_transform(created.preprocess),
+                          granularities=granularities, with_report=objective.needs_report)
+    collate = Collator(created.tokenizer, granularities, with_report=objective.needs_report)
+    opt = torch.optim.AdamW(list(model.parameters()) + list(objective.parameters()), lr=1e-4)
+    split = SplitModel(model)
+    phases = {k: [] for k in ("data", "forward", "loss", "backward", "optimizer", "total")}
+    for step in range(steps + 2):
+        idx = [(step * batch_size + i) % len(ds) for i in range(batch_size)]
+        timer = Timer(device)
+        batch = collate([ds[i] for i in idx])
+        batch = to_device(batch, device)
+        t_data = timer.lap()
+        split.cache = {}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            # Forward: every tower call the objective will make, cached for it.
+            images, report = batch["images"], batch.get("report")
+            if objective_name == "clip":
+                split.encode_image(images)
+                split.encode_text(report if objective.text == "report" else batch["texts"][objective.text])
+            if objective_name in ("mgll", "mgca+mgll"):
+                [split.encode_text(batch["texts"][g]) for g in granularities]
+            if objective_name == "mgll":
+                split.encode_image(images)
+            if objective_name in ("mgca", "mgca+mgll"):
+                split.image_tokens(images)
+                split.text_tokens(report)
+            t_fwd = timer.lap()
+            out = objective(split, batch)
+        t_loss = timer.lap()
+        out["loss"].backward()
+        t_bwd = timer.lap()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        t_opt = timer.lap()
+        if step >= 2:  # warm-up steps are left out
+            times = (t_data, t_fwd, t_loss, t_bwd, t_opt, t_data + t_fwd + t_loss + t_bwd + t_opt)
+            for name, seconds in zip(phases, times):
+                phases[name].append(1000 * seconds)
+    return {k: statistics.median(v) for k, v in phases.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 64])
+    ap.add_argument("--objectives", nargs="+", default=["clip", "mgll", "mgca", "mgca+mgll"])
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--n", type=int, default=300)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    bf16 = device.type == "cuda"
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = read_manifest(generate("cxr", Path(tmp), n=args.n, seed=0, size=args.size, workers=2,
+                                          progress=False))
+        rows = []
+        for bs in args.batch_sizes:
+            for obj in args.objectives:
+                r = bench(obj, args.preset, args.size, bs, device, args.steps, manifest, bf16)
+                rows.append({"objective": obj, "batch_size": bs, **r})
+                print(f"{obj:10s} bs {bs:4d}  " + "  ".join(f"{k} {v:8.1f} ms" for k, v in r.items()), flush=True)
+    print(f"\npreset {args.preset}, {args.size}px, {device}{' bf16' if bf16 else ''}, torch {torch.__version__}")
+    print("| objective | batch | data | forward | loss | backward | optimizer | total (ms) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['objective']} | {r['batch_size']} | {r['data']:.1f} | {r['forward']:.1f} | {r['loss']:.1f} | "
+              f"{r['backward']:.1f} | {r['optimizer']:.1f} | {r['total']:.1f} |")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

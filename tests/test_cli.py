@@ -1,0 +1,41 @@
+import subprocess
+import sys
+
+import pytest
+
+from medgrain import cli
+
+
+def test_cli_choices_match_the_registries():
+    from medgrain.data.prepare import PREPARERS
+    from medgrain.evaluation import TASK_FUNCTIONS
+
+    assert set(cli.EVALUATE_TASKS) == set(TASK_FUNCTIONS)
+    assert set(cli.PREPARE_DATASETS) == set(PREPARERS)
+
+
+def test_help_imports_nothing_heavy():
+    code = ("import sys; from medgrain.cli import build_parser; build_parser(); "
+            "heavy = [m for m in ('torch', 'timm', 'transformers', 'segmentation_models_pytorch') if m in sys.modules]; "
+            "print(','.join(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == ""
+
+
+def test_user_errors_are_printed_without_traceback(tmp_path, capsys):
+    assert cli.main(["info", str(tmp_path / "missing.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "manifest not found" in err and "Traceback" not in err
+
+
+def test_bad_config_key_is_named(tmp_path, capsys):
+    assert cli.main(["pretrain", "--config", "tiny-clip", "optim.lrr=1"]) == 2
+    assert "optim.lrr" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_options_of_other_tasks(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["evaluate", "nosuchtask", "--checkpoint", "random", "--data", "x.jsonl"])
+    rc = cli.main(["evaluate", "retrieval", "--checkpoint", "random", "--data", str(tmp_path / "m.jsonl"),
+                   "--c-grid", "1.0"])
+    assert rc == 2 and "--c-grid" in capsys.readouterr().err
