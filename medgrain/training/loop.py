@@ -216,6 +216,8 @@ def _train(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> TrainResult:
         for batch in loader:
             state["skipped_records"] += int(batch.get("skipped", 0))
             batch = to_device(batch, device)
+            if env.distributed:
+                _require_equal_batches(batch["images"].shape[0], device)
             sync = (micro + 1) % t.grad_accum == 0
             ctx = ddp.no_sync() if (env.distributed and not sync) else _nullcontext()
             with ctx, torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
@@ -293,6 +295,20 @@ def _train(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> TrainResult:
     logger.close(summary={"skipped_steps": state["skipped_steps"], "skipped_records": state["skipped_records"]})
     return TrainResult(out, last, best if best is not None and best.exists() else None, history,
                        state["skipped_steps"], state["skipped_records"])
+
+
+def _require_equal_batches(n: int, device: torch.device) -> None:
+    """Losses gather features across ranks, which needs the same batch size on every rank; a record
+    skipped under on_error="skip" breaks that on one rank only. Stop with the reason, not a hang."""
+    sizes = torch.tensor([n, -n], device=device, dtype=torch.long)
+    mdist.all_reduce_(sizes, "max")
+    largest, smallest = int(sizes[0]), -int(sizes[1])
+    if largest != smallest:
+        raise RuntimeError(
+            f"per-rank batch sizes differ ({smallest} to {largest}) because records were skipped "
+            "(data.on_error=skip); the losses gather across ranks and need equal batches. Fix or remove the "
+            "bad records (each skip is logged with its record id and reason) or train in one process"
+        )
 
 
 def _mean_over_ranks(values: dict[str, float], env: mdist.DistEnv) -> dict[str, float]:
