@@ -85,3 +85,8 @@ def test_augmentation_is_a_function_of_seed_epoch_and_index():
     assert torch.equal(ds[2], a)
     ds.set_epoch(1)
     assert not torch.equal(ds[2], a)
+
+
+def test_an_epoch_holds_whole_accumulation_groups():
+    s = ShardedBatchSampler(7 * 4, 4, seed=0, multiple_of=2)
+    assert len(s) == 6 and len(list(s)) == 6

@@ -134,11 +134,13 @@ def _train(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> TrainResult:
         valid_ds = ImageTextDataset(manifest, cfg.data.valid_split, transform=eval_transform(preprocess), **common)
     collate = Collator(tokenizer, granularities, with_report=objective.needs_report)
 
-    train_sampler = ShardedBatchSampler(len(train_ds), t.batch_size, t.seed, env.rank, env.world_size)
+    train_sampler = ShardedBatchSampler(len(train_ds), t.batch_size, t.seed, env.rank, env.world_size,
+                                        multiple_of=t.grad_accum)
     steps_per_epoch = len(train_sampler) // t.grad_accum
     if steps_per_epoch == 0:
         raise ValueError(
-            f"one epoch has {len(train_sampler)} batches, fewer than train.grad_accum={t.grad_accum}"
+            f"one epoch of {len(train_ds)} records has fewer batches of {t.batch_size} than "
+            f"train.grad_accum={t.grad_accum}"
         )
     total_steps = steps_per_epoch * t.epochs
 

@@ -21,11 +21,14 @@ def _mix(*values: int) -> int:
 
 class ShardedBatchSampler(Sampler[list[int]]):
     def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-                 shuffle: bool = True, drop_last: bool = True):
+                 shuffle: bool = True, drop_last: bool = True, multiple_of: int = 1):
+        """``multiple_of``: with drop_last, an epoch has a multiple of this many batches (gradient
+        accumulation: a trailing partial group would leak its gradient into the next epoch's first step)."""
         if n <= 0:
             raise ValueError("cannot sample batches from an empty split")
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.rank, self.world_size, self.shuffle, self.drop_last = rank, world_size, shuffle, drop_last
+        self.multiple_of = multiple_of
         self.epoch, self.start_batch = 0, 0
         if drop_last and len(self) == 0:
             raise ValueError(
@@ -45,7 +48,8 @@ class ShardedBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         global_batch = self.batch_size * self.world_size
         if self.drop_last:
-            return self.n // global_batch
+            batches = self.n // global_batch
+            return batches - batches % self.multiple_of
         return -(-(self.n // self.world_size) // self.batch_size)
 
     def __iter__(self):
