@@ -121,8 +121,10 @@ def test_torchrun_two_processes_trains_and_logs_global_loss(synth_manifest, tmp_
 
 
 def test_gradient_accumulation_steps_once_per_accumulated_batches(synth_manifest, tmp_path):
-    cfg = _cfg(synth_manifest, tmp_path / "accum", "clip", epochs=1, grad_accum=2, eval_at_start=False)
+    cfg = _cfg(synth_manifest, tmp_path / "accum", "clip", epochs=1, grad_accum=2, eval_at_start=False,
+               tensorboard=True)
     result = train(cfg)
+    assert list((tmp_path / "accum" / "tensorboard").glob("events.out.tfevents.*"))
     from medgrain.data import read_manifest
 
     n_train = len(read_manifest(synth_manifest).split("train"))

@@ -40,12 +40,13 @@ class RunLogger:
 
             self._progress = Progress(
                 TextColumn("[bold]pretrain[/] epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]:.0f} samples/s"),
+                TimeElapsedColumn(), TimeRemainingColumn(),
                 transient=False,
             )
             self._progress.start()
             self._task = self._progress.add_task("train", total=total_steps, completed=start_step, loss=float("nan"),
-                                                 epoch=0)
+                                                 epoch=0, rate=0.0)
 
     def log(self, row: dict[str, Any]) -> None:
         if not self.enabled:

@@ -214,6 +214,7 @@ def _train(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> TrainResult:
                             generator=torch.Generator().manual_seed(t.seed * 7919 + epoch))
         module.train()
         micro, sums, n_parts, t0, samples = 0, {}, 0, time.perf_counter(), 0
+        step_started = t0
         local_finite = torch.ones((), device=device)
         for batch in loader:
             state["skipped_records"] += int(batch.get("skipped", 0))
@@ -272,7 +273,10 @@ def _train(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> TrainResult:
                 logger.log(row)
                 history.append(row)
                 sums, n_parts, t0, samples = {}, 0, time.perf_counter(), 0
-            logger.advance(state["step"], {"loss": float(loss.detach()), "epoch": epoch})
+            step_time = time.perf_counter() - step_started
+            logger.advance(state["step"], {"loss": float(loss.detach()), "epoch": epoch,
+                                           "rate": t.grad_accum * t.batch_size * env.world_size / max(step_time, 1e-9)})
+            step_started = time.perf_counter()
 
             if t.checkpoint_every and state["step"] % t.checkpoint_every == 0:
                 checkpoint(last)
