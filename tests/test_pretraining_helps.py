@@ -14,7 +14,6 @@ from medgrain.training.loop import train
 @pytest.mark.slow
 def test_tiny_clip_beats_random_downstream(tmp_path):
     from medgrain.data.synthetic import generate
-
     from medgrain.demo import FULL
 
     manifest = generate("cxr", tmp_path / "data", n=FULL.n, seed=0, size=FULL.size, workers=2, progress=False)
