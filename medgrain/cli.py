@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("leakage", help="images of manifest B that also appear in manifest A (perceptual hash)")
     p.add_argument("a", type=Path, help="e.g. the pretraining manifest")
     p.add_argument("b", type=Path, help="e.g. a downstream test manifest")
-    p.add_argument("--threshold", type=int, default=6, help="hamming distance in bits (of 64) counted as a match")
+    p.add_argument("--threshold", type=int, default=12, help="hamming distance in bits (of 256) counted as a match")
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--fail", action="store_true", help="exit with status 1 when any image leaks")
     p.set_defaults(func=_cmd_leakage)

@@ -25,9 +25,10 @@ CHEXPERT_OBSERVATIONS = [
 # --- files ---------------------------------------------------------------------------------------
 
 def pixels(seed: int, size: int = 16) -> np.ndarray:
-    """A distinct smooth image per seed (smooth, so its perceptual hash survives resizing)."""
+    """A distinct image per seed with structure at the scale the 256-bit perceptual hash reads (16x16),
+    smooth below it, so its hash survives resizing (a 4x4 grid left the hash's frequencies empty)."""
     rng = np.random.default_rng(seed)
-    coarse = rng.integers(0, 256, (4, 4)).astype(np.uint8)
+    coarse = rng.integers(0, 256, (16, 16)).astype(np.uint8)
     return np.asarray(Image.fromarray(coarse).resize((size, size), Image.BILINEAR))
 
 
