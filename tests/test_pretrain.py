@@ -135,3 +135,27 @@ def test_gradient_accumulation_steps_once_per_accumulated_batches(synth_manifest
     assert steps == list(range(1, expected + 1))
     state = torch.load(result.last_checkpoint / "train_state.pt", weights_only=True)
     assert state["step"] == expected and state["scheduler"]["last_epoch"] == expected
+
+
+def test_a_checkpoint_write_that_dies_leaves_the_last_good_one(synth_manifest, tmp_path, monkeypatch):
+    from medgrain.training import checkpoint as ckpt
+
+    cfg = _cfg(synth_manifest, tmp_path / "atomic", "clip", epochs=1, eval_at_start=False)
+    last = train(cfg).last_checkpoint
+    before = (last / "model.safetensors").read_bytes()
+
+    def dies(*args, **kwargs):
+        raise OSError("disk full")
+
+    # The process dies while the next checkpoint is being written: model files are staged, train state fails.
+    monkeypatch.setattr(ckpt.torch, "save", dies)
+    with pytest.raises(OSError, match="disk full"):
+        train(_cfg(synth_manifest, tmp_path / "atomic", "clip", epochs=2, eval_at_start=False), resume=True)
+    monkeypatch.undo()
+    assert ckpt.find_resumable(last) == last and (last / "model.safetensors").read_bytes() == before
+
+    # Killed between the two renames of the swap: the previous checkpoint is found as NAME.old.
+    last.rename(last.with_name("last.old"))
+    assert ckpt.find_resumable(last) == last.with_name("last.old")
+    resumed = train(_cfg(synth_manifest, tmp_path / "atomic", "clip", epochs=2, eval_at_start=False), resume=True)
+    assert resumed.last_checkpoint.is_dir()

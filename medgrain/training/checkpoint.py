@@ -27,10 +27,12 @@ OBJECTIVE_WEIGHTS = "objective.safetensors"
 
 
 def _swap_in(staging: Path, target: Path) -> None:
+    """At every moment a whole checkpoint exists as ``target`` or ``target.old``: the previous one is
+    deleted only once the new one is in place."""
     old = target.with_name(target.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
     if target.exists():
+        if old.exists():  # stale, and ``target`` is whole
+            shutil.rmtree(old)
         target.rename(old)
     staging.rename(target)
     if old.exists():
