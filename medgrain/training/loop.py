@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -259,7 +260,11 @@ def _train(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> TrainResult:
                         "check the data, or use train.precision=fp32"
                     )
             optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
+            with warnings.catch_warnings():
+                # A skipped update still advances the schedule, so it stays aligned with the data; torch
+                # warns about that order when the very first updates are the skipped ones.
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+                scheduler.step()
             state["step"] += 1
             local_finite = torch.ones((), device=device)
 
