@@ -263,7 +263,7 @@ def _train(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> TrainResult:
             with warnings.catch_warnings():
                 # A skipped update still advances the schedule, so it stays aligned with the data; torch
                 # warns about that order when the very first updates are the skipped ones.
-                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
                 scheduler.step()
             state["step"] += 1
             local_finite = torch.ones((), device=device)
