@@ -97,6 +97,11 @@ def draw_seed(rng: np.random.Generator) -> int:
     return int(rng.integers(2**63))
 
 
+def capitalize(text: str) -> str:
+    """First letter upper-cased, the rest untouched (str.capitalize would lower-case "DME", "AP")."""
+    return text[:1].upper() + text[1:]
+
+
 def pick(rng: np.random.Generator, options: Sequence, p: Sequence[float] | None = None):
     """One element of a sequence (numpy's choice would turn strings and tuples into arrays)."""
     return options[int(rng.choice(len(options), p=p))]

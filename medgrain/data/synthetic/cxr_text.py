@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medgrain.data.synthetic.common import Study, pick
+from medgrain.data.synthetic.common import Study, capitalize, pick
 
 NORMAL = "normal chest radiograph"
 ABNORMAL = "abnormal chest radiograph"
@@ -67,10 +67,6 @@ NORMAL_IMPRESSIONS = ("No acute cardiopulmonary process.", "No acute cardiopulmo
 ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth")
 
 
-def _cap(s: str) -> str:
-    return s[:1].upper() + s[1:]
-
-
 def _ly(severity: str) -> str:
     return {"mild": "mildly", "moderate": "moderately", "severe": "severely"}[severity]
 
@@ -83,18 +79,18 @@ def _effusion(rng, f) -> str:
     sev, side = f.severity, f.location
     if side == "bilateral":
         return pick(rng, (
-            f"{_cap(sev)} bilateral pleural effusions.",
-            f"{_cap(sev)} bilateral pleural effusions blunting the costophrenic angles.",
+            f"{capitalize(sev)} bilateral pleural effusions.",
+            f"{capitalize(sev)} bilateral pleural effusions blunting the costophrenic angles.",
             f"There are {sev} bilateral pleural effusions.",
-            f"{_cap(sev)} pleural effusions on both sides.",
-            f"{_cap(sev)} amount of bilateral pleural fluid.",
+            f"{capitalize(sev)} pleural effusions on both sides.",
+            f"{capitalize(sev)} amount of bilateral pleural fluid.",
         ))
     return pick(rng, (
-        f"{_cap(sev)} {side} pleural effusion.",
-        f"{_cap(sev)} {side} pleural effusion blunting the costophrenic angle.",
+        f"{capitalize(sev)} {side} pleural effusion.",
+        f"{capitalize(sev)} {side} pleural effusion blunting the costophrenic angle.",
         f"There is a {sev} {side} pleural effusion.",
-        f"{_cap(sev)} amount of {side} pleural fluid.",
-        f"{_cap(side)} pleural effusion, {sev} in size.",
+        f"{capitalize(sev)} amount of {side} pleural fluid.",
+        f"{capitalize(side)} pleural effusion, {sev} in size.",
         f"A {sev} {side} effusion layers at the base with a meniscus.",
     ))
 
@@ -102,21 +98,21 @@ def _effusion(rng, f) -> str:
 def _cardiomegaly(rng, f) -> str:
     s = f.severity
     return pick(rng, (
-        f"{_cap(_ly(s))} enlarged cardiac silhouette.",
-        f"{_cap(s)} cardiomegaly.",
+        f"{capitalize(_ly(s))} enlarged cardiac silhouette.",
+        f"{capitalize(s)} cardiomegaly.",
         f"The heart is {_ly(s)} enlarged.",
         f"The cardiac silhouette is {_ly(s)} enlarged.",
-        f"{_cap(s)} enlargement of the cardiac silhouette.",
+        f"{capitalize(s)} enlargement of the cardiac silhouette.",
     ))
 
 
 def _nodule(rng, f) -> str:
     s, lobe = _size(rng, f.severity), f.location
     return pick(rng, (
-        f"{_cap(s)} nodule in the {lobe}.",
-        f"{_cap(s)} pulmonary nodule projecting over the {lobe}.",
+        f"{capitalize(s)} nodule in the {lobe}.",
+        f"{capitalize(s)} pulmonary nodule projecting over the {lobe}.",
         f"There is a {s} nodular opacity in the {lobe}.",
-        f"{_cap(s)} {lobe} nodule.",
+        f"{capitalize(s)} {lobe} nodule.",
         f"A {s} rounded nodule is seen in the {lobe}.",
     ))
 
@@ -124,7 +120,7 @@ def _nodule(rng, f) -> str:
 def _mass(rng, f) -> str:
     lobe = f.location
     return pick(rng, (
-        f"{_cap(lobe)} mass.",
+        f"{capitalize(lobe)} mass.",
         f"Irregular mass in the {lobe}.",
         f"There is a lobulated mass in the {lobe}, concerning for malignancy.",
         f"A {lobe} mass is present.",
@@ -138,7 +134,7 @@ def _consolidation(rng, f) -> str:
     return pick(rng, (
         f"Consolidation in the {lobe}{air}.",
         f"Patchy airspace opacity in the {lobe}{air}.",
-        f"{_cap(lobe)} consolidation{air}, compatible with pneumonia.",
+        f"{capitalize(lobe)} consolidation{air}, compatible with pneumonia.",
         f"Focal airspace disease involving the {lobe}{air}.",
     ))
 
@@ -146,8 +142,8 @@ def _consolidation(rng, f) -> str:
 def _atelectasis(rng, f) -> str:
     s, lobe = f.severity, f.location
     return pick(rng, (
-        f"{_cap(s)} plate-like atelectasis in the {lobe}.",
-        f"{_cap(s)} linear atelectasis at the {lobe}.",
+        f"{capitalize(s)} plate-like atelectasis in the {lobe}.",
+        f"{capitalize(s)} linear atelectasis at the {lobe}.",
         f"There is {s} atelectasis of the {lobe}.",
         f"Band-like opacity in the {lobe}, likely {s} atelectasis.",
     ))
@@ -156,10 +152,10 @@ def _atelectasis(rng, f) -> str:
 def _pneumothorax(rng, f) -> str:
     s, side = f.severity, f.location
     return pick(rng, (
-        f"{_cap(s)} {side} pneumothorax.",
-        f"{_cap(s)} {side} apical pneumothorax with a visible pleural line.",
+        f"{capitalize(s)} {side} pneumothorax.",
+        f"{capitalize(s)} {side} apical pneumothorax with a visible pleural line.",
         f"There is a {s} {side}-sided pneumothorax.",
-        f"{_cap(side)} pneumothorax, {s} in size.",
+        f"{capitalize(side)} pneumothorax, {s} in size.",
     ))
 
 
@@ -167,8 +163,8 @@ def _edema(rng, f) -> str:
     s = f.severity
     kerley = ", with Kerley B lines" if s != "mild" and rng.random() < 0.6 else ""
     return pick(rng, (
-        f"{_cap(s)} pulmonary edema with bilateral perihilar haziness{kerley}.",
-        f"{_cap(s)} interstitial edema in both lungs{kerley}.",
+        f"{capitalize(s)} pulmonary edema with bilateral perihilar haziness{kerley}.",
+        f"{capitalize(s)} interstitial edema in both lungs{kerley}.",
         f"Bilateral perihilar opacities consistent with {s} pulmonary edema.",
         f"There is {s} bilateral pulmonary edema{kerley}.",
     ))
@@ -203,8 +199,8 @@ def _devices(rng, f) -> str:
 def _fracture(rng, f) -> str:
     s, side, nth = f.severity, f.location, ORDINALS[f.params["rib"]]
     return pick(rng, (
-        f"{_cap(s)} fracture of the {side} {nth} rib.",
-        f"{_cap(side)} {nth} rib fracture, {s}.",
+        f"{capitalize(s)} fracture of the {side} {nth} rib.",
+        f"{capitalize(side)} {nth} rib fracture, {s}.",
         f"There is a {s} {side} rib fracture.",
         f"Acute {s} fracture of the lateral {side} {nth} rib.",
     ))

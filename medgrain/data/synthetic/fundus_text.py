@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medgrain.data.synthetic.common import Study, pick
+from medgrain.data.synthetic.common import Study, capitalize, pick
 
 NORMAL = "normal fundus"
 ABNORMAL = "abnormal fundus"
@@ -83,8 +83,8 @@ def _retinopathy(rng, f) -> str:
     signs = [signs[i] for i in rng.permutation(len(signs))]
     listed = ", ".join(signs[:-1]) + " and " + signs[-1] if len(signs) > 1 else signs[0]
     return pick(rng, (
-        f"{listed[:1].upper() + listed[1:]}, {pick(rng, CONSISTENT)} {name}.",
-        f"{name[:1].upper() + name[1:]}: {listed}.",
+        f"{capitalize(listed)}, {pick(rng, CONSISTENT)} {name}.",
+        f"{capitalize(name)}: {listed}.",
         f"There are {listed}, {pick(rng, CONSISTENT)} {name}.",
     ))
 
@@ -94,8 +94,8 @@ def _macular_edema(rng, f) -> str:
     where = {"mild": "near the macula", "moderate": "approaching the fovea", "severe": "involving the foveal centre"}[s]
     exu = pick(rng, ("hard exudates", "lipid exudates", "exudates"))
     return pick(rng, (
-        f"{exu[:1].upper() + exu[1:]} {where}, {pick(rng, CONSISTENT)} {s} diabetic macular edema.",
-        f"{s[:1].upper() + s[1:]} diabetic macular edema with {exu} {where}.",
+        f"{capitalize(exu)} {where}, {pick(rng, CONSISTENT)} {s} diabetic macular edema.",
+        f"{capitalize(s)} diabetic macular edema with {exu} {where}.",
         f"There are {exu} {where}: {s} DME.",
     ))
 
@@ -106,8 +106,8 @@ def _degeneration(rng, f) -> str:
               "late": "confluent drusen with geographic atrophy"}[s]
     at = pick(rng, ("at the macula", "in the macular region", "around the fovea"))
     return pick(rng, (
-        f"{drusen[:1].upper() + drusen[1:]} {at}, {pick(rng, CONSISTENT)} {s} age-related macular degeneration.",
-        f"{s[:1].upper() + s[1:]} age-related macular degeneration: {drusen} {at}.",
+        f"{capitalize(drusen)} {at}, {pick(rng, CONSISTENT)} {s} age-related macular degeneration.",
+        f"{capitalize(s)} age-related macular degeneration: {drusen} {at}.",
         f"There are {drusen} {at} ({s} AMD).",
     ))
 
@@ -117,7 +117,7 @@ def _glaucoma(rng, f) -> str:
     disc = pick(rng, ("optic disc", "optic nerve head"))
     return pick(rng, (
         f"Enlarged cup-to-disc ratio of {cdr:.2f} at the {disc}, {pick(rng, CONSISTENT)} {s} glaucoma.",
-        f"{s[:1].upper() + s[1:]} glaucomatous cupping of the {disc} (cup-to-disc ratio {cdr:.2f}).",
+        f"{capitalize(s)} glaucomatous cupping of the {disc} (cup-to-disc ratio {cdr:.2f}).",
         f"The {disc} shows a vertical cup-to-disc ratio of about {cdr:.2f}: {s} glaucoma.",
     ))
 
@@ -132,8 +132,8 @@ def _myopia(rng, f) -> str:
         signs.append("patchy atrophy")
     listed = ", ".join(signs[:-1]) + " and " + signs[-1]
     return pick(rng, (
-        f"{listed[:1].upper() + listed[1:]} at the posterior pole, {pick(rng, CONSISTENT)} {s} pathologic myopia.",
-        f"{s[:1].upper() + s[1:]} pathologic myopia: {listed} in the posterior pole.",
+        f"{capitalize(listed)} at the posterior pole, {pick(rng, CONSISTENT)} {s} pathologic myopia.",
+        f"{capitalize(s)} pathologic myopia: {listed} in the posterior pole.",
         f"Posterior pole with {listed}; {s} myopic maculopathy.",
     ))
 
@@ -167,7 +167,7 @@ def write(study: Study) -> tuple[dict[str, str], str]:
     findings = " ".join(p for p in parts if p)
     if labels:
         impression = "; ".join(_category(f) for f in study.findings)
-        impression = impression[:1].upper() + impression[1:] + "."
+        impression = capitalize(impression) + "."
     else:
         impression = pick(rng, ("Normal fundus.", "No retinal disease.", "Healthy fundus."))
     return texts, f"FINDINGS: {findings} IMPRESSION: {impression}"
