@@ -163,6 +163,14 @@ def require_split(manifest: Manifest, split: str, what: str) -> None:
         raise ValueError(f"{manifest.path}: split '{split}' has no images; {what} needs it")
 
 
+def require_findings(manifest: Manifest, what: str) -> list[str]:
+    """The manifest's finding names; a clear error when no record has a label."""
+    names = manifest.finding_names
+    if not names:
+        raise ValueError(f"{manifest.path}: no record has a label; {what} needs findings")
+    return names
+
+
 def is_multiclass(labels) -> bool:
     """Multi-class data: every record has exactly one label (no record is "normal" with none)."""
     return len(labels) > 0 and bool((labels.sum(1) == 1).all())

@@ -26,6 +26,7 @@ from medgrain.evaluation.common import (
     note,
     open_manifest,
     print_fraction_table,
+    require_findings,
     require_split,
     subset,
     write_result,
@@ -72,9 +73,7 @@ def finetune(checkpoint: str, data, *, model: str = "tiny", fractions=FRACTIONS,
     manifest = open_manifest(data)
     for s in ("train", split):
         require_split(manifest, s, "fine-tuning")
-    names = manifest.finding_names
-    if not names:
-        raise ValueError(f"{manifest.path}: no record has a label; fine-tuning needs findings")
+    names = require_findings(manifest, "fine-tuning")
     seeds = list(seeds)
     encoder = encoder or load_encoder(checkpoint, model, seeds[0], device, imagenet_weights)
     options = {"model": model, "fractions": [fraction_name(f) for f in fractions], "seeds": seeds, "epochs": epochs,

@@ -26,6 +26,7 @@ from medgrain.evaluation.common import (
     open_manifest,
     print_fraction_table,
     progress,
+    require_findings,
     require_split,
     write_result,
 )
@@ -78,9 +79,7 @@ def linear_probe(checkpoint: str, data, *, model: str = "tiny", fractions=FRACTI
     manifest = open_manifest(data)
     for s in ("train", split):
         require_split(manifest, s, "the linear probe")
-    names = manifest.finding_names
-    if not names:
-        raise ValueError(f"{manifest.path}: no record has a label; the linear probe needs findings")
+    names = require_findings(manifest, "the linear probe")
     seeds = list(seeds)
     encoder = encoder or load_encoder(checkpoint, model, seeds[0], device, imagenet_weights)
     options = {"model": model, "fractions": [fraction_name(f) for f in fractions], "seeds": seeds,

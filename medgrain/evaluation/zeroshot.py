@@ -30,6 +30,7 @@ from medgrain.evaluation.common import (
     open_manifest,
     per_class_rows,
     print_table,
+    require_findings,
     require_split,
     write_result,
 )
@@ -122,9 +123,7 @@ def zero_shot(checkpoint: str, data, *, model: str = "tiny", mode: Literal["auto
     F1 and accuracy use per-finding thresholds chosen for the best F1 on ``threshold_split``."""
     manifest = open_manifest(data)
     require_split(manifest, split, "zero-shot")
-    names = manifest.finding_names
-    if not names:
-        raise ValueError(f"{manifest.path}: no record has a label; zero-shot classification needs findings")
+    names = require_findings(manifest, "zero-shot classification")
     encoder = encoder or load_encoder(checkpoint, model, seed, device, imagenet_weights)
     options = {"mode": mode, "prompts": str(prompts) if prompts else None, "domain": domain, "split": split,
                "threshold_split": threshold_split, "model": model, "batch_size": batch_size}
