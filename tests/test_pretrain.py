@@ -109,9 +109,10 @@ def test_torchrun_two_processes_trains_and_logs_global_loss(synth_manifest, tmp_
     }
     args = [f"{k}={v}" for k, v in cfg.items()]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    # grad_accum=2 exercises DDP's no_sync on the first micro-batch of each group.
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "medgrain", "pretrain", "--config", "tiny-mgll", *args,
-           f"train.output_dir={tmp_path / 'ddp'}", "train.batch_size=8"]
+           f"train.output_dir={tmp_path / 'ddp'}", "train.batch_size=8", "train.grad_accum=2"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = [json.loads(x) for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]

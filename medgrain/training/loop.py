@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
 import math
 import time
 import warnings
@@ -223,12 +223,13 @@ def _train(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> TrainResult:
             if env.distributed:
                 _require_equal_batches(batch["images"].shape[0], device)
             sync = (micro + 1) % t.grad_accum == 0
-            ctx = ddp.no_sync() if (env.distributed and not sync) else _nullcontext()
-            with ctx, torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                parts = ddp(batch)
-            loss = parts["loss"]
-            local_finite = local_finite * torch.isfinite(loss.detach()).float()
-            with ctx:
+            # Until the last micro-batch of a group, DDP keeps gradients local (one context for both the
+            # forward and the backward: no_sync is a one-shot context manager).
+            with ddp.no_sync() if (env.distributed and not sync) else contextlib.nullcontext():
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    parts = ddp(batch)
+                loss = parts["loss"]
+                local_finite = local_finite * torch.isfinite(loss.detach()).float()
                 (loss / t.grad_accum).backward()
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
@@ -241,7 +242,8 @@ def _train(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> TrainResult:
 
             module.objective.after_backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(
-                [p for p in params if p.grad is not None], t_max(cfg.optim.clip_grad)
+                [p for p in params if p.grad is not None],
+                float("inf") if cfg.optim.clip_grad is None else cfg.optim.clip_grad,  # inf: measure, do not clip
             )
             ok = (torch.isfinite(grad_norm).float() * local_finite).reshape(1)
             mdist.all_reduce_(ok, "min")
@@ -332,18 +334,6 @@ def _mean_over_ranks(values: dict[str, float], env: mdist.DistEnv) -> dict[str, 
     return {k: vec[i].item() / env.world_size for i, k in enumerate(keys)}
 
 
-def t_max(clip: float | None) -> float:
-    return float("inf") if clip is None else float(clip)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
 @torch.no_grad()
 def evaluate_loss(module: TrainingModule, dataset, collate, batch_size: int, env: mdist.DistEnv,
                   use_bf16: bool, num_workers: int = 0) -> dict[str, float]:
@@ -374,7 +364,3 @@ def evaluate_loss(module: TrainingModule, dataset, collate, batch_size: int, env
     if total == 0:
         raise ValueError("the validation split gave no batch of at least 2 records")
     return {k: vec[i].item() / total for i, k in enumerate(keys)} | {"records": int(total)}
-
-
-def history_from_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
