@@ -46,6 +46,9 @@ def _worker(rank: int, fn, world_size: int, port: int, out_dir: str, args: tuple
     try:
         result = fn(*args)
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
+        # Tear down only once every rank is done: a rank that destroys its group while the other still
+        # has gloo traffic in flight aborts the process ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -86,4 +86,8 @@ def all_gather(t: torch.Tensor) -> list[torch.Tensor]:
 
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        # Every rank finishes its collectives before any tears the group down (gloo aborts otherwise).
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
