@@ -12,6 +12,8 @@ A failure in any rank is raised in the parent with that rank's traceback (torch.
 from __future__ import annotations
 
 import datetime
+import faulthandler
+import gc
 import os
 import socket
 import sys
@@ -32,6 +34,8 @@ def free_port() -> int:
 
 def _worker(rank: int, fn, world_size: int, port: int, out_dir: str, args: tuple) -> None:
     # Each rank gets one thread: the ranks share the machine's cores with each other (and with CI).
+    # A rank that aborts in C++ dumps its Python stacks to the captured stderr.
+    faulthandler.enable(all_threads=True)
     torch.set_num_threads(1)
     if sys.platform.startswith("linux"):
         # Bind gloo to loopback: a container's hostname may resolve to an address it cannot reach.
@@ -46,6 +50,8 @@ def _worker(rank: int, fn, world_size: int, port: int, out_dir: str, args: tuple
     try:
         result = fn(*args)
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
+        del result
+        gc.collect()  # as medgrain.training.distributed.cleanup: nothing keeps the group alive past teardown
         # Tear down only once every rank is done: a rank that destroys its group while the other still
         # has gloo traffic in flight aborts the process ("terminate called without an active exception").
         dist.barrier()

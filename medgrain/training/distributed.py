@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -86,6 +87,9 @@ def all_gather(t: torch.Tensor) -> list[torch.Tensor]:
 
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
+        # Free cyclic garbage (autograd graphs, DDP's reducer) that may still reference the group, so that
+        # the group is torn down here and not during interpreter shutdown, where gloo's teardown aborts.
+        gc.collect()
         # Every rank finishes its collectives before any tears the group down (gloo aborts otherwise).
         try:
             dist.barrier()
