@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 
+from medgrain.models.factory import resolve_config
 from medgrain.training.config import ConfigError, RunConfig, load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -15,6 +16,17 @@ def test_every_shipped_config_validates(path):
     import yaml
 
     assert load_config(yaml.safe_load(cfg.to_yaml())) == cfg
+    # Its model section resolves too (preset plus overrides), without building anything.
+    resolve_config(cfg.model.preset, **cfg.model.overrides)
+
+
+def test_mgll_configs_pool_text_as_their_source():
+    def pooling(name):
+        cfg = load_config(name)
+        return resolve_config(cfg.model.preset, **cfg.model.overrides).text.pooling
+
+    assert pooling("mgll-paper") == "flair-masked"
+    assert pooling("mgll-original-code") == "flair"
 
 
 def test_shipped_presets_by_name_and_overrides():

@@ -188,8 +188,37 @@ def test_text_cls_attention_is_taken_before_dropout():
     assert torch.allclose(a.cls_attention, b.cls_attention)
 
 
-def test_mean_pooling_ignores_padding():
-    tower = create_text_tower("tiny-bert", pretrained=False, pooling="mean").eval()
+@pytest.mark.parametrize("pooling", ["flair", "flair-masked"])
+def test_flair_pooling_matches_a_loop_over_samples_and_tokens(pooling):
+    """MGLL's BERT pooling: layers 1, 2 and the last averaged, then over positions (real ones only when masked)."""
+    tower = create_text_tower("tiny-bert", pretrained=False, pooling=pooling).eval()
+    batch = create_tokenizer("tiny-bert")(TEXTS)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    with torch.no_grad():
+        pooled = tower(ids, mask).pooled
+        states = tower.transformer(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    assert len(states) == 3  # embeddings + 2 layers: layers 1, 2 and the last are 1, 2, 2
+    for n in range(len(TEXTS)):
+        positions = range(ids.shape[1]) if pooling == "flair" else [t for t in range(ids.shape[1]) if mask[n, t]]
+        total = torch.zeros(tower.width, dtype=torch.float64)
+        for t in positions:
+            total += (states[1][n, t].double() + states[2][n, t].double() + states[-1][n, t].double()) / 3
+        torch.testing.assert_close(pooled[n].double(), total / len(positions), rtol=1e-5, atol=1e-6)
+    if pooling == "flair":  # the original code's embedding depends on the batch's padding; the masked one does not
+        with torch.no_grad():
+            short = create_tokenizer("tiny-bert")(TEXTS[2:])
+            alone = tower(short["input_ids"], short["attention_mask"]).pooled
+        assert not torch.allclose(alone, pooled[2:], atol=1e-4)
+
+
+def test_unknown_pooling_is_refused():
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        create_text_tower("tiny-bert", pretrained=False, pooling="max")
+
+
+@pytest.mark.parametrize("pooling", ["mean", "flair-masked"])
+def test_masked_pooling_ignores_padding(pooling):
+    tower = create_text_tower("tiny-bert", pretrained=False, pooling=pooling).eval()
     tokenizer = create_tokenizer("tiny-bert")
     alone = tokenizer(TEXTS[2:])
     padded = tokenizer(TEXTS)
@@ -289,6 +318,32 @@ def test_mgca_heads_and_resnet_preset():
     model, _, preprocess = create_model("tiny")
     it = model.eval().image_tokens(images(2, preprocess.image_size))
     assert it["tokens"].shape == (2, 16, 64) and torch.allclose(it["attention"], torch.full((2, 16), 1 / 16))
+
+
+def test_word_attention_off_by_one_reproduces_mgca_code():
+    """MGCA's code gives the piece at position j the [CLS] attention to position j + 1; a loop over pieces."""
+    model, tokenizer, _ = create_model("tiny")
+    model.eval()
+    text = tokenizer(["pneumothorax with cardiomegaly", "no acute disease", "effusion"])
+    with torch.no_grad():
+        pieces = model.text(text["input_ids"], text["attention_mask"], tokens=True).cls_attention
+        fixed = model.text_tokens(text)
+        buggy = model.text_tokens(text, attention_off_by_one=True)
+    n, length = pieces.shape
+    expected_fixed = torch.zeros_like(fixed["attention"])
+    expected_buggy = torch.zeros_like(buggy["attention"])
+    for i in range(n):
+        for j in range(length):
+            w = int(text["word_ids"][i, j])
+            if w < 0:
+                continue
+            expected_fixed[i, w] += pieces[i, j]
+            expected_buggy[i, w] += pieces[i, j + 1] if j + 1 < length else 0.0
+    torch.testing.assert_close(fixed["attention"], expected_fixed)
+    torch.testing.assert_close(buggy["attention"], expected_buggy)
+    assert not torch.allclose(fixed["attention"], buggy["attention"])
+    torch.testing.assert_close(fixed["words"], buggy["words"])  # only the weights move
+    assert torch.equal(fixed["word_mask"], buggy["word_mask"])
 
 
 def test_single_channel_images():

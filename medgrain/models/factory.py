@@ -50,7 +50,7 @@ class TextTowerConfig(_Strict):
     name_or_path: str = "minilm"  # local folder, hub name, "minilm" (bundled) or "tiny-bert" (random, tests)
     pretrained: bool = True  # False: random weights of the same architecture
     num_hidden_layers: int | None = Field(None, ge=1)  # keep only the first layers (MGCA: 6 of 12)
-    pooling: Literal["cls", "mean"] = "cls"
+    pooling: Literal["cls", "mean", "flair", "flair-masked"] = "cls"  # see medgrain.models.text.TextTower
     max_length: int = Field(77, ge=2)  # tokenizer truncation
     config: dict[str, Any] = {}  # overrides of the transformers config
 
@@ -148,10 +148,12 @@ register_model("minilm-vit-small", {
     "embed_dim": 256, "token_heads": True,  # token heads too, so one preset serves CLIP, MGLL and MGCA
 })
 # MGLL: OpenAI CLIP ViT-L/14 (with the QuickGELU it was trained with) and Bio_ClinicalBERT, 768-d,
-# bias-free linear heads. The paper's BERT wrapper mean-pools over positions.
+# bias-free linear heads. MGLL's BERT wrapper (FLAIR's) averages layers 1, 2 and the last, then all
+# positions including padding; here over real tokens ("flair-masked"; configs/mgll-original-code.yaml
+# keeps the padding, "flair").
 register_model("mgll-paper", {
     "image": {"source": "open_clip", "name": "ViT-L-14-quickgelu", "pretrained": "openai", "image_size": 224},
-    "text": {"name_or_path": BIO_CLINICAL_BERT, "pooling": "mean", "max_length": 77},
+    "text": {"name_or_path": BIO_CLINICAL_BERT, "pooling": "flair-masked", "max_length": 77},
     "embed_dim": 768, "head": "linear",
 })
 # MGCA: DeiT-B/16 from ImageNet-1k, the first 6 layers of Bio_ClinicalBERT, MLP heads 2048 -> 128.

@@ -22,6 +22,8 @@ from medgrain.models.hub import fetching, looks_like_path
 from medgrain.models.wordpieces import merge_wordpieces
 
 __all__ = [
+    "FLAIR_LAYERS",
+    "POOLINGS",
     "TINY_BERT",
     "TextOutput",
     "TextTower",
@@ -70,13 +72,27 @@ def _fetching(name_or_path: str, source: str, what: str):
     return fetching(what, name_or_path, _offline_hint(name_or_path))
 
 
+POOLINGS = ("cls", "mean", "flair", "flair-masked")
+# FLAIR's (and MGLL's BERT option's) layers: hidden_states[1], [2] and the last; [0] is the embeddings.
+FLAIR_LAYERS = (1, 2, -1)
+
+
 class TextTower(nn.Module):
-    """Wraps a Hugging Face encoder. ``pooling`` is "cls" (the [CLS] hidden state) or "mean" (over real tokens)."""
+    """Wraps a Hugging Face encoder.
+
+    ``pooling``:
+    - "cls": the last layer's [CLS] hidden state;
+    - "mean": the last layer's mean over real tokens;
+    - "flair": MGLL's code (FLAIR's BERT wrapper): hidden states of layers 1, 2 and the last, averaged,
+      then averaged over every position, padding included, so a text's embedding depends on how long
+      the longest text of its batch is;
+    - "flair-masked": the same layers, averaged over real tokens only.
+    """
 
     def __init__(self, transformer: nn.Module, pooling: str = "cls"):
         super().__init__()
-        if pooling not in ("cls", "mean"):
-            raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         # BERT's pooler is never used (pooling happens here); dropping it keeps DDP free of unused parameters.
         if getattr(transformer, "pooler", None) is not None:
             transformer.pooler = None
@@ -103,13 +119,19 @@ class TextTower(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, tokens: bool = False) -> TextOutput:
         attn = self._last_self_attention() if tokens else None
         capture = CaptureInput(attn, "hidden_states") if tokens else nullcontext()
+        layers = self.pooling.startswith("flair")
         with capture:
-            hidden = self.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            out = self.transformer(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=layers)
+        hidden = out.last_hidden_state
         if self.pooling == "cls":
             pooled = hidden[:, 0]
         else:
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+            states = torch.stack([out.hidden_states[i] for i in FLAIR_LAYERS]).mean(0) if layers else hidden
+            if self.pooling == "flair":
+                pooled = states.mean(dim=1)
+            else:
+                mask = attention_mask.unsqueeze(-1).to(states.dtype)
+                pooled = (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
         if not tokens:
             return TextOutput(pooled)
         attention = cls_attention_probs(
