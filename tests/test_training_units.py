@@ -90,3 +90,25 @@ def test_augmentation_is_a_function_of_seed_epoch_and_index():
 def test_an_epoch_holds_whole_accumulation_groups():
     s = ShardedBatchSampler(7 * 4, 4, seed=0, multiple_of=2)
     assert len(s) == 6 and len(list(s)) == 6
+
+
+@pytest.mark.parametrize("name", ["mgca", "mgca+mgll"])
+def test_word_weight_off_by_one_reaches_the_text_tower(name):
+    from medgrain.losses.objective import build_objective
+    from medgrain.models import create_model
+    from medgrain.training.config import load_config
+
+    cfg = load_config({"data": {"manifest": "m.jsonl"},
+                       "objective": {"name": name, "mgca": {"num_prototypes": 4, "word_weight_off_by_one": True}}})
+    objective = build_objective(cfg.objective, ["abnormality"], has_report=True, embed_dim=128)
+    model, tokenizer, preprocess = create_model("tiny-mgca")
+    seen = []
+    real = model.text_tokens
+    model.text_tokens = lambda text, **kw: seen.append(kw) or real(text, **kw)
+    batch = {"images": torch.rand(2, 3, preprocess.image_size, preprocess.image_size),
+             "report": tokenizer(["left effusion", "no acute disease"]),
+             "texts": {"abnormality": tokenizer(["abnormal", "normal"])},
+             "text_ids": {"abnormality": torch.tensor([1, 2])}}
+    out = objective(model, batch)
+    assert seen and all(kw == {"attention_off_by_one": True} for kw in seen)
+    assert torch.isfinite(out["loss"])

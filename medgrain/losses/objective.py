@@ -76,9 +76,9 @@ class MGLLObjective(Objective):
         return self.loss(image, feats, labels, model.logit_scale_value())
 
 
-def _token_inputs(model: nn.Module, batch: Mapping, low: float, high: float):
+def _token_inputs(model: nn.Module, batch: Mapping, low: float, high: float, off_by_one: bool = False):
     img = model.image_tokens(batch["images"])
-    txt = model.text_tokens(batch["report"])
+    txt = model.text_tokens(batch["report"], attention_off_by_one=off_by_one)
     patch_mask = torch.ones(img["attention"].shape, dtype=torch.bool, device=img["attention"].device)
     patch_weights = token_weights_from_attention(img["attention"], patch_mask, low, high)
     word_weights = token_weights_from_attention(txt["attention"], txt["word_mask"], low, high)
@@ -90,9 +90,10 @@ class MGCAObjective(Objective):
     needs_report = True
 
     def __init__(self, granularities: Sequence[str], embed_dim: int, weight_low: float = 0.1,
-                 weight_high: float = 0.9, **mgca_options):
+                 weight_high: float = 0.9, word_weight_off_by_one: bool = False, **mgca_options):
         super().__init__(granularities)
         self.weight_low, self.weight_high = weight_low, weight_high
+        self.word_weight_off_by_one = word_weight_off_by_one
         self.loss = MGCALoss(embed_dim=embed_dim, **mgca_options)
 
     def set_epoch(self, epoch: int) -> None:
@@ -105,7 +106,7 @@ class MGCAObjective(Objective):
         self.loss.drop_frozen_prototype_grad_()
 
     def forward(self, model: nn.Module, batch: Mapping) -> dict[str, torch.Tensor]:
-        img, txt, pw, ww = _token_inputs(model, batch, self.weight_low, self.weight_high)
+        img, txt, pw, ww = _token_inputs(model, batch, self.weight_low, self.weight_high, self.word_weight_off_by_one)
         return self.loss(img["global"], txt["global"], img["tokens"], txt["words"], txt["word_mask"], pw, ww)
 
 
@@ -120,7 +121,7 @@ class MGCAMGLLObjective(MGCAObjective):
         self.mgll = MGLLObjective(granularities, **mgll_options)
 
     def forward(self, model: nn.Module, batch: Mapping) -> dict[str, torch.Tensor]:
-        img, txt, pw, ww = _token_inputs(model, batch, self.weight_low, self.weight_high)
+        img, txt, pw, ww = _token_inputs(model, batch, self.weight_low, self.weight_high, self.word_weight_off_by_one)
         feats, labels = self.mgll.global_texts(model, batch)
         global_part = self.mgll.loss(img["global"], feats, labels, model.logit_scale_value())
         token_part = self.loss(img["global"], txt["global"], img["tokens"], txt["words"], txt["word_mask"], pw, ww)

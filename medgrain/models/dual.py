@@ -76,12 +76,18 @@ class DualEncoder(nn.Module):
             "grid": out.grid,
         }
 
-    def text_tokens(self, text: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def text_tokens(self, text: Mapping[str, torch.Tensor], attention_off_by_one: bool = False) -> dict[str, torch.Tensor]:
         """global (N,E), words (N,W,E) merged from word pieces with ``text["word_ids"]``, word_mask (N,W),
-        attention (N,W) [CLS] attention summed over each word's pieces; L2-normalised, padded words are 0."""
+        attention (N,W) [CLS] attention summed over each word's pieces; L2-normalised, padded words are 0.
+
+        ``attention_off_by_one`` reproduces MGCA's released code, which gives the piece at position j the
+        [CLS] attention to position j + 1 (research/mgca.md 1.2); off, each piece keeps its own."""
         self._require_token_heads()
         out = self.text(text["input_ids"], text["attention_mask"], tokens=True)
-        words, attention, word_mask = merge_wordpieces(out.hidden, out.cls_attention, text["word_ids"])
+        piece_attention = out.cls_attention
+        if attention_off_by_one:
+            piece_attention = F.pad(piece_attention[:, 1:], (0, 1))
+        words, attention, word_mask = merge_wordpieces(out.hidden, piece_attention, text["word_ids"])
         return {
             "global": F.normalize(self.text_proj(out.pooled), dim=-1),
             "words": F.normalize(self.text_token_proj(words, word_mask), dim=-1),

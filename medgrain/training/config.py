@@ -76,6 +76,8 @@ class MGCAOptions(_Strict):
     # [CLS]-attention weights are clamped to these per-row quantiles before renormalising.
     weight_low: float = Field(0.1, ge=0, le=1)
     weight_high: float = Field(0.9, ge=0, le=1)
+    # True reproduces the released code's bug: each word piece weighted by the attention to the next one.
+    word_weight_off_by_one: bool = False
 
 
 class ObjectiveConfig(_Strict):
