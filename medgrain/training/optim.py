@@ -36,7 +36,12 @@ def build_optimizer(modules: dict[str, nn.Module], cfg: OptimConfig) -> torch.op
     named = [(f"{prefix}.{n}", p) for prefix, m in modules.items() for n, p in m.named_parameters()]
     # Frozen parameters (e.g. MGCA's prototypes in their first epoch) are included: requires_grad is
     # toggled later, and AdamW skips parameters whose .grad is None, so they get no update and no decay.
-    return torch.optim.AdamW(param_groups(named, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    # On a GPU the fused kernel: the for-each update is hundreds of launches per step, and a step of a
+    # small model there is launch-bound (benchmarks/profile_step.py). On the CPU the default, whose
+    # resume is tested to be exact.
+    fused = bool(named) and all(p.is_cuda for _, p in named)
+    return torch.optim.AdamW(param_groups(named, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
+                             fused=fused or None)
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.0) -> float:
