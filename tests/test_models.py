@@ -464,6 +464,25 @@ def test_open_clip_round_trip(tmp_path):
     _assert_same_outputs(model, load_pretrained(tmp_path / "ckpt").model, tokenizer, 32)
 
 
+def test_identity_image_head_keeps_open_clips_projection(tmp_path):
+    """mgll-paper's image embedding is CLIP's own projected [CLS]: no fresh head scrambles it."""
+    config = {"image": {"source": "open_clip", "name": "ViT-B-16", "image_size": 32, "kwargs": TINY_OPEN_CLIP},
+              "text": {"name_or_path": "tiny-bert", "pretrained": False}, "embed_dim": 32,
+              "head": "linear", "image_head": "identity", "token_heads": True}
+    model, tokenizer, _ = create_model(config)
+    model.eval()
+    assert isinstance(model.image_proj, torch.nn.Identity) and isinstance(model.text_proj, torch.nn.Linear)
+    x = images(2, 32)
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(model.visual.trunk(x)[0], dim=-1)  # open_clip's projected [CLS]
+        torch.testing.assert_close(model.encode_image(x), expected)
+    save_pretrained(model, tokenizer, tmp_path / "ckpt")
+    _assert_same_outputs(model, load_pretrained(tmp_path / "ckpt").model, tokenizer, 32)
+    assert get_model_config("mgll-paper").image_head == "identity"
+    with pytest.raises(ValueError, match=r"tower's width \(32\) to equal .* embed_dim \(16\)"):
+        create_model({**config, "embed_dim": 16})
+
+
 def test_load_names_mismatched_keys(tiny, tmp_path):
     model, tokenizer, _ = tiny
     save_pretrained(model, tokenizer, tmp_path / "ckpt")

@@ -30,17 +30,19 @@ class DualEncoder(nn.Module):
         embed_dim: int,
         head: str = "linear",
         head_hidden: int = 2048,
+        image_head: str | None = None,
         token_heads: bool = False,
         init_logit_scale: float = math.log(1 / 0.07),
         config: Any = None,
     ):
-        """``init_logit_scale`` is the log of the initial multiplier, as in open_clip. ``config`` is the
-        ModelConfig the model was built from (kept for save_pretrained)."""
+        """``init_logit_scale`` is the log of the initial multiplier, as in open_clip. ``image_head`` is the
+        global image head's kind when it differs from ``head`` (the token heads always use ``head``).
+        ``config`` is the ModelConfig the model was built from (kept for save_pretrained)."""
         super().__init__()
         self.visual = visual
         self.text = text
         self.embed_dim = embed_dim
-        self.image_proj = create_head(head, visual.width, embed_dim, head_hidden)
+        self.image_proj = create_head(image_head or head, visual.width, embed_dim, head_hidden)
         self.text_proj = create_head(head, text.width, embed_dim, head_hidden)
         self.token_heads = token_heads
         if token_heads:

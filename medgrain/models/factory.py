@@ -76,7 +76,9 @@ class ModelConfig(_Strict):
     image: ImageTowerConfig
     text: TextTowerConfig = TextTowerConfig()
     embed_dim: int = Field(512, ge=1)
-    head: Literal["linear", "mlp"] = "linear"
+    head: Literal["linear", "mlp", "identity"] = "linear"
+    # The global image head, when it differs from ``head`` ("identity" over open_clip's own projection).
+    image_head: Literal["linear", "mlp", "identity"] | None = None
     head_hidden: int = Field(2048, ge=1)  # hidden width of the "mlp" heads
     token_heads: bool = False  # token-level heads for MGCA's local alignment
     init_logit_scale: float = math.log(1 / 0.07)  # log of the initial multiplier, as in open_clip
@@ -147,14 +149,15 @@ register_model("minilm-vit-small", {
     "text": {"name_or_path": "minilm", "max_length": 128},
     "embed_dim": 256, "token_heads": True,  # token heads too, so one preset serves CLIP, MGLL and MGCA
 })
-# MGLL: OpenAI CLIP ViT-L/14 (with the QuickGELU it was trained with) and Bio_ClinicalBERT, 768-d,
-# bias-free linear heads. MGLL's BERT wrapper (FLAIR's) averages layers 1, 2 and the last, then all
+# MGLL: OpenAI CLIP ViT-L/14 (with the QuickGELU it was trained with) and Bio_ClinicalBERT, 768-d.
+# The image embedding is CLIP's own projection (no head on top, as in MGLL's code); the text gets a
+# bias-free linear head (FLAIR's projection). MGLL's BERT wrapper (FLAIR's) averages layers 1, 2 and the last, then all
 # positions including padding; here over real tokens ("flair-masked"; configs/mgll-original-code.yaml
 # keeps the padding, "flair").
 register_model("mgll-paper", {
     "image": {"source": "open_clip", "name": "ViT-L-14-quickgelu", "pretrained": "openai", "image_size": 224},
     "text": {"name_or_path": BIO_CLINICAL_BERT, "pooling": "flair-masked", "max_length": 77},
-    "embed_dim": 768, "head": "linear",
+    "embed_dim": 768, "head": "linear", "image_head": "identity",
 })
 # MGCA: DeiT-B/16 from ImageNet-1k, the first 6 layers of Bio_ClinicalBERT, MLP heads 2048 -> 128.
 register_model("mgca-vit-paper", {
@@ -217,6 +220,7 @@ def _build(config: ModelConfig, text_config: dict[str, Any] | None = None) -> Du
         text,
         embed_dim=config.embed_dim,
         head=config.head,
+        image_head=config.image_head,
         head_hidden=config.head_hidden,
         token_heads=config.token_heads,
         init_logit_scale=config.init_logit_scale,

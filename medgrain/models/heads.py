@@ -1,6 +1,8 @@
 """Projection heads from a tower's width into the joint embedding space.
 
-"linear" is CLIP's (and MGLL's) bias-free projection. "mlp" is MGCA's head:
+"linear" is CLIP's (and MGLL's) bias-free projection. "identity" keeps a tower's output as it is, for a
+tower that already ends in its own projection (open_clip's, whose pretrained ``proj`` a fresh head
+would scramble); it needs the tower's width to equal the joint dimension. "mlp" is MGCA's head:
 Linear -> BatchNorm -> ReLU -> Linear -> BatchNorm(affine=False). MGCA applies the same head to
 every local token with 1x1 convolutions, so its BatchNorm statistics include padded word slots;
 ``TokenHead`` runs the head on real tokens only, so padding neither shifts the statistics nor
@@ -12,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-HEADS = ("linear", "mlp")
+HEADS = ("linear", "mlp", "identity")
 
 
 class MLPHead(nn.Module):
@@ -55,7 +57,14 @@ def create_head(
     kind: str, in_features: int, out_features: int, hidden_features: int = 2048, tokens: bool = False
 ) -> nn.Module:
     """A global head, or with ``tokens=True`` its token-wise version (``forward(x, mask)``)."""
-    if kind == "linear":
+    if kind == "identity":
+        if in_features != out_features:
+            raise ValueError(
+                f"an identity head needs the tower's width ({in_features}) to equal the joint dimension "
+                f"embed_dim ({out_features}); use a 'linear' head or set embed_dim={in_features}"
+            )
+        head = nn.Identity()
+    elif kind == "linear":
         head = nn.Linear(in_features, out_features, bias=False)
     elif kind == "mlp":
         head = MLPHead(in_features, out_features, hidden_features)
