@@ -101,9 +101,21 @@ def test_non_finite_steps_are_counted_then_stop(synth_manifest, tmp_path, monkey
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_torchrun_two_processes_trains_and_logs_global_loss(synth_manifest, tmp_path):
-    """Two gloo processes with half the batch each run the same steps as one process."""
+    """Two gloo processes with half the batch each, accumulation, and bad images skipped on one rank only:
+    the ranks cut their batches to the same size and the run reports both counts over all ranks."""
+    import shutil
+
+    from medgrain.data import read_manifest
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_manifest.parent, data)
+    manifest = read_manifest(data / synth_manifest.name)
+    bad = manifest.split("train")[:6]
+    for record in bad:
+        manifest.resolve(record.image).write_bytes(b"not a png")
     cfg = {
-        "data.manifest": str(synth_manifest), "model.preset": "tiny", "model.overrides.image.image_size": 48,
+        "data.manifest": str(data / synth_manifest.name), "data.on_error": "skip",
+        "model.preset": "tiny", "model.overrides.image.image_size": 48,
         "objective.name": "mgll", "train.epochs": 1, "train.log_every": 1, "train.progress": False,
         "train.tensorboard": False, "optim.warmup_steps": 1,
     }
@@ -119,6 +131,13 @@ def test_torchrun_two_processes_trains_and_logs_global_loss(synth_manifest, tmp_
     train_rows = [r for r in rows if r["split"] == "train"]
     assert train_rows and all(r["loss"] == r["loss"] for r in train_rows)
     assert (tmp_path / "ddp" / "checkpoints" / "last" / "model.safetensors").is_file()
+    (summary,) = [r for r in rows if r["split"] == "summary"]
+    # Each bad record is counted once whichever rank met it (the trailing partial batch is dropped, so
+    # some may not be met), and every batch that lost one on one rank only costs the other rank one.
+    assert 1 <= summary["skipped_records"] <= len(bad) and summary["equalised_records"] >= 1
+    warnings = [r for r in rows if r["split"] == "warning"]
+    assert any("left out so that every rank" in w["message"] for w in warnings)
+    assert "good record(s) left out" in proc.stderr
 
 
 def test_gradient_accumulation_steps_once_per_accumulated_batches(synth_manifest, tmp_path):

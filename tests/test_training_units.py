@@ -112,3 +112,38 @@ def test_word_weight_off_by_one_reaches_the_text_tower(name):
     out = objective(model, batch)
     assert seen and all(kw == {"attention_off_by_one": True} for kw in seen)
     assert torch.isfinite(out["loss"])
+
+
+def _equalise_on_each_rank():
+    import torch.distributed as dist
+
+    from medgrain.training.distributed import DistEnv
+    from medgrain.training.loop import equalise_batches
+
+    rank = dist.get_rank()
+    n = 4 - rank  # rank 1 lost a record to on_error=skip
+    batch = {"ids": [f"r{rank}-{i}" for i in range(n)], "images": torch.arange(n).float().view(n, 1),
+             "texts": {"category": {"input_ids": torch.ones(n, 5, dtype=torch.long)}},
+             "text_ids": {"category": torch.arange(n)}, "skipped": rank}
+    out, skipped, equalised = equalise_batches(batch, DistEnv(rank, 2, rank, torch.device("cpu")))
+    return out["ids"], out["images"].shape[0], out["texts"]["category"]["input_ids"].shape, skipped, equalised
+
+
+def test_ranks_cut_to_the_smallest_batch_and_count_it():
+    from _dist import run_distributed
+
+    per_rank = run_distributed(_equalise_on_each_rank, 2)
+    assert per_rank[0] == (["r0-0", "r0-1", "r0-2"], 3, (3, 5), 1, 1)
+    assert per_rank[1] == (["r1-0", "r1-1", "r1-2"], 3, (3, 5), 1, 1)
+
+
+def test_take_rows_keeps_every_per_sample_entry():
+    from medgrain.data.dataset import take_rows
+
+    batch = {"ids": ["a", "b", "c"], "images": torch.zeros(3, 1, 4, 4), "labels": torch.eye(3),
+             "report": {"input_ids": torch.ones(3, 7), "word_ids": torch.zeros(3, 7)}, "boxes": [1, 2, 3],
+             "skipped": 2}
+    out = take_rows(batch, 2)
+    assert out["ids"] == ["a", "b"] and out["boxes"] == [1, 2] and out["skipped"] == 2
+    assert out["images"].shape[0] == out["labels"].shape[0] == out["report"]["word_ids"].shape[0] == 2
+    assert torch.equal(out["labels"], torch.eye(3)[:2])

@@ -240,6 +240,21 @@ class Collator:
         return out
 
 
+def take_rows(batch: dict[str, Any], n: int) -> dict[str, Any]:
+    """The first ``n`` samples of a batch from ``Collator``: every entry is per sample (tensors along
+    dim 0, lists, and the tokenised texts' dicts of them) except the ``skipped`` count, kept as is.
+    Tokenised texts keep their padded length (padding is masked everywhere it is read)."""
+    out: dict[str, Any] = {}
+    for key, value in batch.items():
+        if key == "skipped":
+            out[key] = value
+        elif isinstance(value, dict):
+            out[key] = take_rows(value, n)
+        else:
+            out[key] = value[:n]
+    return out
+
+
 def _stack_images(items: list[dict[str, Any]]) -> torch.Tensor:
     shapes = {tuple(item["image"].shape) for item in items}
     if len(shapes) > 1:

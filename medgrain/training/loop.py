@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..data.dataset import Collator, ImageTextDataset
+from ..data.dataset import Collator, ImageTextDataset, take_rows
 from ..data.manifest import read_manifest
 from ..data.transforms import eval_transform, pretrain_transform
 from ..losses.objective import Objective, build_objective
@@ -53,7 +53,8 @@ class TrainResult:
     best_checkpoint: Path | None
     history: list[dict[str, Any]]
     skipped_steps: int
-    skipped_records: int
+    skipped_records: int  # bad records skipped under data.on_error=skip, over all ranks
+    equalised_records: int = 0  # good records left out to give every rank the same batch size (DDP + skips)
 
     @property
     def valid_losses(self) -> list[float]:
@@ -155,7 +156,7 @@ def _train(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> TrainResult:
     use_bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
 
     state = {"epoch": 0, "batch_in_epoch": 0, "step": 0, "best_valid": math.inf, "skipped_steps": 0,
-             "skipped_records": 0}
+             "skipped_records": 0, "equalised_records": 0}
     ckpt_dir = out / "checkpoints"
     if resume:
         src = find_resumable(ckpt_dir / "last")
@@ -218,10 +219,14 @@ def _train(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> TrainResult:
         step_started = t0
         local_finite = torch.ones((), device=device)
         for batch in loader:
-            state["skipped_records"] += int(batch.get("skipped", 0))
+            batch, skipped, equalised = equalise_batches(batch, env)
+            state["skipped_records"] += skipped
+            state["equalised_records"] += equalised
+            if equalised:
+                logger.warn(f"step {state['step'] + 1}: {equalised} good record(s) left out so that every rank has "
+                            f"the batch size of the smallest (records were skipped; "
+                            f"{state['equalised_records']} in all)")
             batch = to_device(batch, device)
-            if env.distributed:
-                _require_equal_batches(batch["images"].shape[0], device)
             sync = (micro + 1) % t.grad_accum == 0
             # Until the last micro-batch of a group, DDP keeps gradients local (one context for both the
             # forward and the backward: no_sync is a one-shot context manager).
@@ -305,23 +310,28 @@ def _train(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> TrainResult:
 
     if stop:
         checkpoint(last)
-    logger.close(summary={"skipped_steps": state["skipped_steps"], "skipped_records": state["skipped_records"]})
+    logger.close(summary={k: state.get(k, 0) for k in ("skipped_steps", "skipped_records", "equalised_records")})
     return TrainResult(out, last, best if best is not None and best.exists() else None, history,
-                       state["skipped_steps"], state["skipped_records"])
+                       state["skipped_steps"], state["skipped_records"], state.get("equalised_records", 0))
 
 
-def _require_equal_batches(n: int, device: torch.device) -> None:
-    """Losses gather features across ranks, which needs the same batch size on every rank; a record
-    skipped under on_error="skip" breaks that on one rank only. Stop with the reason, not a hang."""
-    sizes = torch.tensor([n, -n], device=device, dtype=torch.long)
-    mdist.all_reduce_(sizes, "max")
-    largest, smallest = int(sizes[0]), -int(sizes[1])
-    if largest != smallest:
-        raise RuntimeError(
-            f"per-rank batch sizes differ ({smallest} to {largest}) because records were skipped "
-            "(data.on_error=skip); the losses gather across ranks and need equal batches. Fix or remove the "
-            "bad records (each skip is logged with its record id and reason) or train in one process"
-        )
+def equalise_batches(batch: dict[str, Any], env: mdist.DistEnv) -> tuple[dict[str, Any], int, int]:
+    """Returns ``(batch, skipped, equalised)``: the records skipped for bad input in this batch summed
+    over ranks, and how many good records this call left out on all ranks together.
+
+    The losses gather features across ranks, which needs the same batch size on every rank; a record
+    skipped under ``data.on_error="skip"`` breaks that on one rank only. Every rank keeps as many
+    samples as the smallest has (one collective per batch), and both counts are reported: nothing is
+    dropped silently, and every rank holds the same global counts (what rank 0 logs and checkpoints).
+    """
+    n, skipped = batch["images"].shape[0], int(batch.get("skipped", 0))
+    if not env.distributed:
+        return batch, skipped, 0
+    sizes = torch.stack([torch.tensor(n), torch.tensor(skipped)])
+    per_rank = torch.stack(mdist.all_gather(sizes))  # (world, 2)
+    smallest = int(per_rank[:, 0].min())
+    equalised = int(per_rank[:, 0].sum()) - smallest * env.world_size
+    return (take_rows(batch, smallest) if n > smallest else batch), int(per_rank[:, 1].sum()), equalised
 
 
 def _mean_over_ranks(values: dict[str, float], env: mdist.DistEnv) -> dict[str, float]:
@@ -347,8 +357,9 @@ def evaluate_loss(module: TrainingModule, dataset, collate, batch_size: int, env
     sums: dict[str, float] = {}
     count = 0
     for batch in loader:
+        batch, _, _ = equalise_batches(batch, env)  # the losses gather across ranks: equal batches
         n = batch["images"].shape[0]
-        if n < 2:  # a contrastive loss over one sample is 0 by construction: leave it out
+        if n < 2:  # a contrastive loss over one sample is 0 by construction: leave it out (on every rank)
             continue
         batch = to_device(batch, env.device)
         with torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=use_bf16):
