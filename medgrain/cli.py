@@ -135,7 +135,10 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--domain", choices=["cxr", "fundus"])
     p.add_argument("--threshold-split")
     p.add_argument("--text", help="retrieval: 'report', a granularity, or 'all'")
-    p.add_argument("--c-grid", type=float, nargs="+", help="linear probe: inverse regularisation strengths")
+    p.add_argument("--solver", choices=["lbfgs", "adamw"],
+                   help="linear probe: scikit-learn L-BFGS (default) or MGCA's AdamW Linear layer")
+    p.add_argument("--c-grid", type=float, nargs="+", help="linear probe (lbfgs): inverse regularisation strengths")
+    p.add_argument("--probe-batch-size", type=int, help="linear probe (adamw): training batch size (48)")
     p.add_argument("--max-iter", type=int)
     p.add_argument("--epochs", type=int)
     p.add_argument("--patience", type=int)

@@ -182,3 +182,28 @@ def test_fraction_draw_is_deterministic_per_seed_and_keeps_both_classes(tmp_path
     other = tmp_path / "elsewhere"
     assert load_or_draw_fraction(manifest, "train", 0.1, 3, directory=other) == draw_fraction(ids, labels, 0.1, 3)
     assert (other / "train_0.1_seed3.txt").is_file()
+
+
+def test_adamw_linear_probe_learns_and_stops_early():
+    """MGCA's probe: a Linear layer with AdamW separates separable features and keeps its best epoch."""
+    import numpy as np
+
+    from medgrain.evaluation.linear_probe import fit_linear_adamw
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 8))
+    y = np.stack([x[:, 0] > 0, x[:, 1] + x[:, 2] > 0], axis=1).astype(np.float64)  # multi-label
+    train, valid, test = slice(0, 200), slice(200, 250), slice(250, 300)
+    kwargs = dict(epochs=40, patience=5, lr=5e-2, weight_decay=1e-6, batch_size=48, seed=0)
+    predict, fit = fit_linear_adamw(x[train], y[train], False, (x[valid], y[valid]), **kwargs)
+    p = predict(x[test])
+    assert p.shape == (50, 2) and np.all((p > 0) & (p < 1))
+    assert ((p > 0.5) == y[test].astype(bool)).mean() > 0.9
+    assert fit["best_valid"] == min(fit["valid_history"]) and fit["best_epoch"] <= fit["epochs_run"]
+    again, _ = fit_linear_adamw(x[train], y[train], False, (x[valid], y[valid]), **kwargs)
+    assert np.array_equal(again(x[test]), p)  # seeded: the same run twice
+    # multi-class: softmax rows
+    labels = np.eye(3)[(x[:, 0] > 0).astype(int) + (x[:, 1] > 0.5).astype(int)]
+    predict, fit = fit_linear_adamw(x[train], labels[train], True, None, **{**kwargs, "epochs": 5})
+    assert fit["epochs_run"] == 5 and fit["best_epoch"] is None
+    np.testing.assert_allclose(predict(x[test]).sum(1), 1.0, rtol=1e-6)

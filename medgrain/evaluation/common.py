@@ -307,6 +307,13 @@ def print_fraction_table(title: str, fractions: dict[str, Any], columns: list[st
 # -------------------------------------------------------------------------------------- training
 
 
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, multiclass: bool) -> torch.Tensor:
+    """Cross-entropy on the argmax of one-hot labels (multi-class), else BCE-with-logits (multi-label)."""
+    if multiclass:
+        return torch.nn.functional.cross_entropy(logits, labels.argmax(1))
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
+
+
 def fit_with_early_stopping(model: torch.nn.Module, parameters, train_loader: DataLoader,
                             batch_loss: Callable[[dict[str, Any]], torch.Tensor],
                             validate: Callable[[], float] | None, epochs: int, patience: int, lr: float,

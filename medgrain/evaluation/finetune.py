@@ -11,13 +11,13 @@ import copy
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from medgrain.data.transforms import pretrain_transform
 from medgrain.evaluation.common import (
     Result,
     by_fraction,
+    classification_loss,
     fit_with_early_stopping,
     image_dataset,
     image_loader,
@@ -45,12 +45,6 @@ class ImageClassifier(nn.Module):
         return self.head(self.visual(images).pooled)
 
 
-def _loss(logits: torch.Tensor, labels: torch.Tensor, multiclass: bool) -> torch.Tensor:
-    if multiclass:
-        return F.cross_entropy(logits, labels.argmax(1))
-    return F.binary_cross_entropy_with_logits(logits, labels)
-
-
 @torch.no_grad()
 def predict(model: nn.Module, loader, multiclass: bool) -> tuple[np.ndarray, np.ndarray, float]:
     """Probabilities, labels and the mean loss over ``loader``."""
@@ -61,7 +55,7 @@ def predict(model: nn.Module, loader, multiclass: bool) -> tuple[np.ndarray, np.
         labels.append(batch["labels"])
     logits, labels = torch.cat(logits), torch.cat(labels)
     probabilities = logits.softmax(1) if multiclass else logits.sigmoid()
-    return probabilities.numpy(), labels.numpy(), float(_loss(logits, labels, multiclass))
+    return probabilities.numpy(), labels.numpy(), float(classification_loss(logits, labels, multiclass))
 
 
 def finetune(checkpoint: str, data, *, model: str = "tiny", fractions=FRACTIONS, seeds=(0, 1, 2),
@@ -102,7 +96,7 @@ def finetune(checkpoint: str, data, *, model: str = "tiny", fractions=FRACTIONS,
                               drop_last=len(records) > batch_size)
 
         def batch_loss(batch, classifier=classifier):
-            return _loss(classifier(batch["images"].to(device)), batch["labels"].to(device), multiclass)
+            return classification_loss(classifier(batch["images"].to(device)), batch["labels"].to(device), multiclass)
 
         def validate(classifier=classifier):
             return predict(classifier, valid_loader, multiclass)[2]
