@@ -304,6 +304,19 @@ def print_fraction_table(title: str, fractions: dict[str, Any], columns: list[st
                  for name, f in fractions.items()])
 
 
+def finish_classification(result: Result, runs: list[dict[str, Any]], multiclass: bool, manifest, split: str,
+                          title: str, out) -> dict[str, Any]:
+    """The end of the linear probe and of fine-tuning: group the runs by fraction, note the findings left
+    out of the macro means, print the table and write the result."""
+    result.metrics = {"task_type": "multiclass" if multiclass else "multilabel", "fractions": by_fraction(runs)}
+    excluded = {n: r for run in runs for n, r in run["metrics"]["excluded"].items()}
+    if excluded:
+        note(f"left out of the macro means (undefined on split '{split}'): {excluded}", result.warnings)
+    print_fraction_table(f"{title} on {split}: {manifest.path}", result.metrics["fractions"],
+                         ["auroc", "ap", "f1", "accuracy"])
+    return write_result(result.to_dict(), out)
+
+
 # -------------------------------------------------------------------------------------- training
 
 

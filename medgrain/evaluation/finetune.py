@@ -16,8 +16,8 @@ from torch import nn
 from medgrain.data.transforms import pretrain_transform
 from medgrain.evaluation.common import (
     Result,
-    by_fraction,
     classification_loss,
+    finish_classification,
     fit_with_early_stopping,
     image_dataset,
     image_loader,
@@ -25,11 +25,9 @@ from medgrain.evaluation.common import (
     load_encoder,
     note,
     open_manifest,
-    print_fraction_table,
     require_findings,
     require_split,
     subset,
-    write_result,
 )
 from medgrain.evaluation.fractions import FRACTIONS, fraction_name, fraction_plan
 from medgrain.evaluation.metrics import classification_metrics
@@ -109,10 +107,4 @@ def finetune(checkpoint: str, data, *, model: str = "tiny", fractions=FRACTIONS,
         metrics = classification_metrics(scores, labels, names, multiclass, valid_scores, valid_labels)
         runs.append({"fraction": fraction, "seed": seed, "n_train": len(records), **fit, "metrics": metrics})
 
-    result.metrics = {"task_type": "multiclass" if multiclass else "multilabel", "fractions": by_fraction(runs)}
-    excluded = {n: r for run in runs for n, r in run["metrics"]["excluded"].items()}
-    if excluded:
-        note(f"left out of the macro means (undefined on split '{split}'): {excluded}", result.warnings)
-    print_fraction_table(f"fine-tuning on {split}: {manifest.path}", result.metrics["fractions"],
-                         ["auroc", "ap", "f1", "accuracy"])
-    return write_result(result.to_dict(), out)
+    return finish_classification(result, runs, multiclass, manifest, split, "fine-tuning", out)

@@ -25,18 +25,16 @@ from sklearn.preprocessing import StandardScaler
 
 from medgrain.evaluation.common import (
     Result,
-    by_fraction,
     classification_loss,
+    finish_classification,
     fit_with_early_stopping,
     is_multiclass,
     load_encoder,
     note,
     open_manifest,
-    print_fraction_table,
     progress,
     require_findings,
     require_split,
-    write_result,
 )
 from medgrain.evaluation.features import extract_features
 from medgrain.evaluation.fractions import FRACTIONS, fraction_name, fraction_plan
@@ -202,10 +200,4 @@ def linear_probe(checkpoint: str, data, *, model: str = "tiny", fractions=FRACTI
             valid_scores.get(best), valid.labels if valid is not None else None)
         runs.append({"fraction": fraction, "seed": seed, "n_train": len(ids), "C": best, "metrics": metrics})
 
-    result.metrics = {"task_type": "multiclass" if multiclass else "multilabel", "fractions": by_fraction(runs)}
-    excluded = {n: r for run in runs for n, r in run["metrics"]["excluded"].items()}
-    if excluded:
-        note(f"left out of the macro means (undefined on split '{split}'): {excluded}", result.warnings)
-    print_fraction_table(f"linear probe on {split}: {manifest.path}", result.metrics["fractions"],
-                         ["auroc", "ap", "f1", "accuracy"])
-    return write_result(result.to_dict(), out)
+    return finish_classification(result, runs, multiclass, manifest, split, "linear probe", out)
