@@ -46,6 +46,13 @@ def test_tiny_run_lowers_validation_loss_and_reloads(synth_manifest, tmp_path, o
     assert len(losses) == 4 and all(map(lambda v: v == v, losses))
     assert losses[-1] < losses[0], f"{objective}: validation loss did not go down: {losses}"
     assert result.best_checkpoint is not None and (tmp_path / "run" / "run.yaml").is_file()
+    # `last` resumes; `best` is the model alone (no optimizer moments: a third of the size), and loads.
+    assert (result.last_checkpoint / "train_state.pt").is_file()
+    assert not (result.best_checkpoint / "train_state.pt").exists()
+    assert (result.best_checkpoint / "run.yaml").is_file()
+    if objective.startswith("mgca"):
+        assert (result.best_checkpoint / "objective.safetensors").is_file()
+    medgrain.load_pretrained(result.best_checkpoint)
 
     pre = medgrain.load_pretrained(result.last_checkpoint)
     tokens = pre.tokenizer(["small left pleural effusion", "no acute cardiopulmonary abnormality"])

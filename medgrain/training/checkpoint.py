@@ -3,8 +3,12 @@
 Layout (``medgrain.load_pretrained`` reads the first three; ``--resume`` reads all):
     model.safetensors, config.json, tokenizer/     the model (save_pretrained)
     objective.safetensors                          weights owned by the loss (MGCA's prototypes)
-    train_state.pt                                 optimizer, scheduler, counters, RNG: loaded with weights_only=True
+    train_state.pt                                 optimizer, scheduler, counters, RNG: loaded with weights_only=True;
+                                                   only in resumable checkpoints (``last``), not in ``best``
     run.yaml                                       the resolved run config
+
+``best`` is a model to evaluate, not a point to resume from: without the optimizer's moments it is
+a third of the size (AdamW keeps two tensors per parameter).
 
 Written into a staging folder and swapped in with renames: a run killed mid-write leaves the
 previous checkpoint whole (as ``NAME`` or, if killed between the two renames, ``NAME.old``).
@@ -40,7 +44,9 @@ def _swap_in(staging: Path, target: Path) -> None:
 
 
 def save_checkpoint(target: Path, *, model: nn.Module, tokenizer, objective: nn.Module,
-                    optimizer: torch.optim.Optimizer, scheduler, state: dict[str, Any], run_yaml: str) -> Path:
+                    optimizer: torch.optim.Optimizer, scheduler, state: dict[str, Any], run_yaml: str,
+                    resumable: bool = True) -> Path:
+    """``resumable=False`` leaves out ``train_state.pt`` (optimizer, scheduler, counters, RNG)."""
     target = Path(target)
     staging = target.with_name(target.name + ".staging")
     if staging.exists():
@@ -49,10 +55,11 @@ def save_checkpoint(target: Path, *, model: nn.Module, tokenizer, objective: nn.
     obj_state = {k: v.detach().contiguous().cpu() for k, v in objective.state_dict().items()}
     if obj_state:
         save_file(obj_state, str(staging / OBJECTIVE_WEIGHTS))
-    torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **state},
-        staging / TRAIN_STATE,
-    )
+    if resumable:
+        torch.save(
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **state},
+            staging / TRAIN_STATE,
+        )
     (staging / "run.yaml").write_text(run_yaml)
     _swap_in(staging, target)
     return target

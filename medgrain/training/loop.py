@@ -188,13 +188,14 @@ def _train(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> TrainResult:
     params = [p for p in module.parameters()]
 
     def checkpoint(name: Path) -> None:
-        rng = {"rng_state_per_rank": mdist.all_gather(torch.get_rng_state())}
-        if device.type == "cuda":  # dropout on the GPU draws from the device's generator
+        resumable = name == last  # `best` is for evaluation: the model without the optimizer state
+        rng = {"rng_state_per_rank": mdist.all_gather(torch.get_rng_state())} if resumable else {}
+        if resumable and device.type == "cuda":  # dropout on the GPU draws from the device's generator
             rng["cuda_rng_state_per_rank"] = mdist.all_gather(torch.cuda.get_rng_state(device))
         if env.is_main:
             save_checkpoint(name, model=module.model, tokenizer=tokenizer, objective=module.objective,
                             optimizer=optimizer, scheduler=scheduler, state={**state, **rng},
-                            run_yaml=cfg.to_yaml())
+                            run_yaml=cfg.to_yaml(), resumable=resumable)
         mdist.barrier()
 
     if valid_ds is not None and state["step"] == 0 and t.eval_at_start:
