@@ -19,6 +19,7 @@ from medgrain.data import (
     read_manifest,
     segmentation_train_transform,
 )
+from medgrain.data.dataset import num_samples
 
 GRANULARITIES = ["status", "disease", "description"]
 H, W = 24, 32
@@ -193,6 +194,8 @@ def test_load_failures_raise_or_become_counted_skips(tmp_path, tokenizer):
     assert batch["ids"] == ["c"] and batch["skipped"] == 2 and batch["images"].shape[0] == 1
     with pytest.raises(RuntimeError, match="every record of this batch"):
         Collator(tokenizer, GRANULARITIES)([ds[0], ds[1]])
+    empty = Collator(tokenizer, GRANULARITIES, allow_empty=True)([ds[0], ds[1]])
+    assert empty == {"ids": [], "skipped": 2} and num_samples(empty) == 0 and num_samples(batch) == 1
 
 
 def test_text_only_dataset_reads_no_images(tmp_path, tokenizer):

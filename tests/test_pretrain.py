@@ -113,11 +113,16 @@ def test_torchrun_two_processes_trains_and_logs_global_loss(synth_manifest, tmp_
     import shutil
 
     from medgrain.data import read_manifest
+    from medgrain.training.sampling import ShardedBatchSampler
 
     data = tmp_path / "data"
     shutil.copytree(synth_manifest.parent, data)
     manifest = read_manifest(data / synth_manifest.name)
-    bad = manifest.split("train")[:6]
+    train_records = manifest.split("train")
+    # Every record of rank 1's second micro-batch (the one whose backward DDP reduces in) fails: both
+    # ranks step over it, and the gradients of the group's first micro-batch are averaged by hand.
+    whole = list(ShardedBatchSampler(len(train_records), 8, seed=0, rank=1, world_size=2, multiple_of=2))[1]
+    bad = {r.id: r for r in train_records[:6] + [train_records[i] for i in whole]}.values()
     for record in bad:
         manifest.resolve(record.image).write_bytes(b"not a png")
     cfg = {
@@ -141,10 +146,54 @@ def test_torchrun_two_processes_trains_and_logs_global_loss(synth_manifest, tmp_
     (summary,) = [r for r in rows if r["split"] == "summary"]
     # Each bad record is counted once whichever rank met it (the trailing partial batch is dropped, so
     # some may not be met), and every batch that lost one on one rank only costs the other rank one.
-    assert 1 <= summary["skipped_records"] <= len(bad) and summary["equalised_records"] >= 1
+    assert len(whole) <= summary["skipped_records"] <= len(bad) and summary["equalised_records"] >= len(whole)
+    assert summary["empty_batches"] == 1
     warnings = [r for r in rows if r["split"] == "warning"]
     assert any("left out so that every rank" in w["message"] for w in warnings)
-    assert "good record(s) left out" in proc.stderr
+    assert any(w["message"].startswith("step 1: a micro-batch had no record left") for w in warnings)
+    assert "good record(s) left out" in proc.stderr and "1 micro-batch(es) with no record left" in proc.stderr
+
+
+def test_a_batch_with_no_good_record_is_stepped_over_and_counted(synth_manifest, tmp_path):
+    """on_error=skip, one process: the first step's whole batch is unreadable. It makes no update (the
+    weights stay as initialised until step 2), the schedule still advances, and the count is reported."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from medgrain.data import read_manifest
+    from medgrain.training.sampling import ShardedBatchSampler
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_manifest.parent, data)
+    manifest = read_manifest(data / synth_manifest.name)
+    train_records = manifest.split("train")
+    first = next(iter(ShardedBatchSampler(len(train_records), 16, seed=0)))
+    for i in first:
+        manifest.resolve(train_records[i].image).write_bytes(b"not a png")
+    overrides = {"data": {"manifest": str(data / synth_manifest.name), "on_error": "skip"}}
+    cfg = _cfg(synth_manifest, tmp_path / "one", "clip", epochs=1, eval_at_start=False, stop_after_steps=1)
+    cfg = load_config({**cfg.model_dump(mode="json"), **overrides})
+    untouched = train(cfg)
+    assert untouched.empty_batches == 1 and untouched.skipped_records == 16 and untouched.skipped_steps == 0
+    assert [r for r in untouched.history if r["split"] == "train"] == []  # nothing was trained on: no row
+
+    torch.manual_seed(cfg.train.seed)
+    from medgrain.models import create_model
+
+    initial = create_model(cfg.model.preset, **cfg.model.overrides).model.state_dict()
+    after_one = load_file(str(untouched.last_checkpoint / "model.safetensors"))
+    assert all(torch.equal(after_one[k], initial[k]) for k in after_one)
+    state = torch.load(untouched.last_checkpoint / "train_state.pt", weights_only=True)
+    assert state["step"] == 1 and state["scheduler"]["last_epoch"] == 1
+
+    cfg = load_config({**cfg.model_dump(mode="json"), "train": {**cfg.train.model_dump(mode="json"),
+                       "output_dir": str(tmp_path / "all"), "stop_after_steps": None}})
+    result = train(cfg)
+    steps = [r["step"] for r in result.history if r["split"] == "train"]
+    assert steps[0] == 2 and result.empty_batches == 1
+    rows = [json.loads(x) for x in (tmp_path / "all" / "metrics.jsonl").read_text().splitlines()]
+    assert [r for r in rows if r["split"] == "summary"][0]["empty_batches"] == 1
 
 
 def test_gradient_accumulation_steps_once_per_accumulated_batches(synth_manifest, tmp_path):

@@ -137,6 +137,30 @@ def test_ranks_cut_to_the_smallest_batch_and_count_it():
     assert per_rank[1] == (["r1-0", "r1-1", "r1-2"], 3, (3, 5), 1, 1)
 
 
+def _average_gradients_on_each_rank():
+    import torch.distributed as dist
+
+    from medgrain.training.distributed import average_gradients
+
+    rank = dist.get_rank()
+    a, b, c = (torch.zeros(3, requires_grad=True) for _ in range(3))
+    a.grad = torch.tensor([1.0, 2.0, 3.0]) * (rank + 1)
+    b.grad = torch.full((3,), 4.0) if rank == 1 else None  # a gradient on one rank only
+    average_gradients([a, b, c])
+    return a.grad, b.grad, c.grad
+
+
+def test_average_gradients_is_the_mean_over_ranks_with_missing_ones_as_zero():
+    from _dist import run_distributed
+
+    per_rank = run_distributed(_average_gradients_on_each_rank, 2)
+    grads = [[torch.tensor([1.0, 2.0, 3.0]) * (r + 1), torch.full((3,), 4.0) if r == 1 else torch.zeros(3)]
+             for r in range(2)]
+    for a, b, c in per_rank:  # what DDP's backward gives: a loop over ranks, then the mean
+        assert torch.allclose(a, sum(g[0] for g in grads) / 2) and torch.allclose(b, sum(g[1] for g in grads) / 2)
+        assert c is None
+
+
 def test_take_rows_keeps_every_per_sample_entry():
     from medgrain.data.dataset import take_rows
 
@@ -147,3 +171,4 @@ def test_take_rows_keeps_every_per_sample_entry():
     assert out["ids"] == ["a", "b"] and out["boxes"] == [1, 2] and out["skipped"] == 2
     assert out["images"].shape[0] == out["labels"].shape[0] == out["report"]["word_ids"].shape[0] == 2
     assert torch.equal(out["labels"], torch.eye(3)[:2])
+    assert take_rows(batch, 0) == {"ids": [], "skipped": 2}

@@ -198,16 +198,23 @@ def _visible_boxes(boxes: tv_tensors.BoundingBoxes, labels: torch.Tensor) -> tup
 class Collator:
     """Turns dataset items into the batch of docs/architecture.md. Each granularity (and the report)
     is tokenized with one call on the whole batch; ``None`` items (load failures under
-    ``on_error="skip"``) are dropped and counted in ``skipped``."""
+    ``on_error="skip"``) are dropped and counted in ``skipped``.
 
-    def __init__(self, tokenizer: Tokenizer, granularities: Sequence[str], with_report: bool = True):
+    A batch in which every record failed raises, unless ``allow_empty``: then it is the empty batch
+    ``{"ids": [], "skipped": n}`` (see ``num_samples``), which the training loop counts and steps over."""
+
+    def __init__(self, tokenizer: Tokenizer, granularities: Sequence[str], with_report: bool = True,
+                 allow_empty: bool = False):
         self.tokenizer = tokenizer
         self.granularities = list(granularities)
         self.with_report = with_report
+        self.allow_empty = allow_empty
 
     def __call__(self, batch: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
         items = [item for item in batch if item is not None]
         if not items:
+            if self.allow_empty:
+                return {"ids": [], "skipped": len(batch)}
             raise RuntimeError(
                 f"every record of this batch ({len(batch)}) failed to load and was skipped; "
                 "the log names each file and reason: fix or remove them from the manifest"
@@ -240,10 +247,18 @@ class Collator:
         return out
 
 
+def num_samples(batch: dict[str, Any]) -> int:
+    """The number of samples in a batch from ``Collator`` (0 for the empty batch)."""
+    return len(batch["ids"])
+
+
 def take_rows(batch: dict[str, Any], n: int) -> dict[str, Any]:
     """The first ``n`` samples of a batch from ``Collator``: every entry is per sample (tensors along
     dim 0, lists, and the tokenised texts' dicts of them) except the ``skipped`` count, kept as is.
-    Tokenised texts keep their padded length (padding is masked everywhere it is read)."""
+    Tokenised texts keep their padded length (padding is masked everywhere it is read). ``n=0`` gives
+    the empty batch."""
+    if n == 0:
+        return {"ids": [], "skipped": batch.get("skipped", 0)}
     out: dict[str, Any] = {}
     for key, value in batch.items():
         if key == "skipped":

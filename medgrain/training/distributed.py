@@ -85,6 +85,25 @@ def all_gather(t: torch.Tensor) -> list[torch.Tensor]:
     return [p.to(t.device) for p in parts]
 
 
+def average_gradients(params: list[torch.Tensor]) -> None:
+    """Each gradient replaced by its mean over ranks: what DDP's backward does, for when that backward
+    did not run (the last micro-batch of an accumulation group had no record on any rank). A parameter
+    with a gradient on some rank but not on this one contributes zeros; one with none anywhere keeps
+    ``None`` (AdamW then leaves it alone)."""
+    if not (dist.is_available() and dist.is_initialized()) or not params:
+        return
+    has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32)
+    all_reduce_(has, "max")
+    world = dist.get_world_size()
+    for p, present in zip(params, has.tolist()):
+        if not present:
+            continue
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        all_reduce_(p.grad)
+        p.grad.div_(world)
+
+
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         # Free cyclic garbage (autograd graphs, DDP's reducer) that may still reference the group, so that

@@ -86,8 +86,9 @@ class RunLogger:
         if summary:
             self.log({"split": "summary", **summary})
             if summary.get("skipped_records") or summary.get("skipped_steps"):
-                equalised = summary.get("equalised_records", 0)
+                equalised, empty = summary.get("equalised_records", 0), summary.get("empty_batches", 0)
                 print(f"skipped: {summary.get('skipped_records', 0)} record(s) with bad input, "
                       f"{summary.get('skipped_steps', 0)} step(s) with a non-finite loss or gradient"
-                      + (f", {equalised} good record(s) left out to keep the ranks' batches equal" if equalised else ""),
+                      + (f", {equalised} good record(s) left out to keep the ranks' batches equal" if equalised else "")
+                      + (f", {empty} micro-batch(es) with no record left, stepped over" if empty else ""),
                       file=sys.stderr)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..data.dataset import Collator, ImageTextDataset, take_rows
+from ..data.dataset import Collator, ImageTextDataset, num_samples, take_rows
 from ..data.manifest import read_manifest
 from ..data.transforms import eval_transform, pretrain_transform
 from ..losses.objective import Objective, build_objective
@@ -55,6 +55,7 @@ class TrainResult:
     skipped_steps: int
     skipped_records: int  # bad records skipped under data.on_error=skip, over all ranks
     equalised_records: int = 0  # good records left out to give every rank the same batch size (DDP + skips)
+    empty_batches: int = 0  # micro-batches stepped over because no record of them was left (on some rank)
 
     @property
     def valid_losses(self) -> list[float]:
@@ -134,7 +135,9 @@ def _train(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> TrainResult:
     valid_ds = None
     if cfg.data.valid_split and manifest.split(cfg.data.valid_split):
         valid_ds = ImageTextDataset(manifest, cfg.data.valid_split, transform=eval_transform(preprocess), **common)
-    collate = Collator(tokenizer, granularities, with_report=objective.needs_report)
+    # Under on_error=skip a batch whose records all fail is an empty batch that every rank steps over.
+    collate = Collator(tokenizer, granularities, with_report=objective.needs_report,
+                       allow_empty=cfg.data.on_error == "skip")
 
     train_sampler = ShardedBatchSampler(len(train_ds), t.batch_size, t.seed, env.rank, env.world_size,
                                         multiple_of=t.grad_accum)
@@ -156,7 +159,7 @@ def _train(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> TrainResult:
     use_bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
 
     state = {"epoch": 0, "batch_in_epoch": 0, "step": 0, "best_valid": math.inf, "skipped_steps": 0,
-             "skipped_records": 0, "equalised_records": 0}
+             "skipped_records": 0, "equalised_records": 0, "empty_batches": 0}
     ckpt_dir = out / "checkpoints"
     if resume:
         src = find_resumable(ckpt_dir / "last")
@@ -219,6 +222,7 @@ def _train(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> TrainResult:
         micro, sums, n_parts, t0, samples = 0, {}, 0, time.perf_counter(), 0
         step_started = t0
         local_finite = torch.ones((), device=device)
+        group_rows, last_loss = 0, math.nan  # samples the current accumulation group trained on
         for batch in loader:
             batch, skipped, equalised = equalise_batches(batch, env)
             state["skipped_records"] += skipped
@@ -227,20 +231,32 @@ def _train(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> TrainResult:
                 logger.warn(f"step {state['step'] + 1}: {equalised} good record(s) left out so that every rank has "
                             f"the batch size of the smallest (records were skipped; "
                             f"{state['equalised_records']} in all)")
-            batch = to_device(batch, device)
+            n = num_samples(batch)  # the same on every rank after equalise_batches
             sync = (micro + 1) % t.grad_accum == 0
-            # Until the last micro-batch of a group, DDP keeps gradients local (one context for both the
-            # forward and the backward: no_sync is a one-shot context manager).
-            with ddp.no_sync() if (env.distributed and not sync) else contextlib.nullcontext():
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    parts = ddp(batch)
-                loss = parts["loss"]
-                local_finite = local_finite * torch.isfinite(loss.detach()).float()
-                (loss / t.grad_accum).backward()
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            n_parts += 1
-            samples += batch["images"].shape[0] * env.world_size
+            if n == 0:
+                # Every record of this micro-batch failed to load (on this rank or another): no forward.
+                state["empty_batches"] += 1
+                logger.warn(f"step {state['step'] + 1}: a micro-batch had no record left to train on "
+                            f"({state['empty_batches']} in all); it is stepped over")
+                if sync and env.distributed and group_rows:
+                    # DDP averages gradients in the group's last backward, which did not run: do it here.
+                    mdist.average_gradients(params)
+            else:
+                batch = to_device(batch, device)
+                # Until the last micro-batch of a group, DDP keeps gradients local (one context for both the
+                # forward and the backward: no_sync is a one-shot context manager).
+                with ddp.no_sync() if (env.distributed and not sync) else contextlib.nullcontext():
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                        parts = ddp(batch)
+                    loss = parts["loss"]
+                    local_finite = local_finite * torch.isfinite(loss.detach()).float()
+                    (loss / t.grad_accum).backward()
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+                last_loss = float(loss.detach())
+                n_parts += 1
+                samples += n * env.world_size
+                group_rows += n
             micro += 1
             state["batch_in_epoch"] = start_batch + micro
             if not sync:
@@ -253,7 +269,11 @@ def _train(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> TrainResult:
             )
             ok = (torch.isfinite(grad_norm).float() * local_finite).reshape(1)
             mdist.all_reduce_(ok, "min")
-            if bool(ok.item()):
+            if not group_rows:
+                # Nothing was trained on: no update, and no weight decay either. The schedule still
+                # advances below, so it stays aligned with the data.
+                logger.warn(f"step {state['step'] + 1}: no record to train on in this step; no update")
+            elif bool(ok.item()):
                 optimizer.step()
                 consecutive_bad = 0
             else:
@@ -268,6 +288,7 @@ def _train(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> TrainResult:
                         "check the data, or use train.precision=fp32"
                     )
             optimizer.zero_grad(set_to_none=True)
+            group_rows = 0
             with warnings.catch_warnings():
                 # A skipped update still advances the schedule, so it stays aligned with the data; torch
                 # warns about that order when the very first updates are the skipped ones.
@@ -276,7 +297,8 @@ def _train(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> TrainResult:
             state["step"] += 1
             local_finite = torch.ones((), device=device)
 
-            if state["step"] % t.log_every == 0 or state["step"] == total_steps:
+            # A row needs at least one micro-batch trained on since the last (empty ones are stepped over).
+            if n_parts and (state["step"] % t.log_every == 0 or state["step"] == total_steps):
                 dt = time.perf_counter() - t0
                 row = {"split": "train", "step": state["step"], "epoch": epoch,
                        "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
@@ -287,7 +309,7 @@ def _train(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> TrainResult:
                 history.append(row)
                 sums, n_parts, t0, samples = {}, 0, time.perf_counter(), 0
             step_time = time.perf_counter() - step_started
-            logger.advance(state["step"], {"loss": float(loss.detach()), "epoch": epoch,
+            logger.advance(state["step"], {"loss": last_loss, "epoch": epoch,
                                            "rate": t.grad_accum * t.batch_size * env.world_size / max(step_time, 1e-9)})
             step_started = time.perf_counter()
 
@@ -311,9 +333,11 @@ def _train(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> TrainResult:
 
     if stop:
         checkpoint(last)
-    logger.close(summary={k: state.get(k, 0) for k in ("skipped_steps", "skipped_records", "equalised_records")})
+    counts = ("skipped_steps", "skipped_records", "equalised_records", "empty_batches")
+    logger.close(summary={k: state.get(k, 0) for k in counts})
     return TrainResult(out, last, best if best is not None and best.exists() else None, history,
-                       state["skipped_steps"], state["skipped_records"], state.get("equalised_records", 0))
+                       state["skipped_steps"], state["skipped_records"], state.get("equalised_records", 0),
+                       state.get("empty_batches", 0))
 
 
 def equalise_batches(batch: dict[str, Any], env: mdist.DistEnv) -> tuple[dict[str, Any], int, int]:
@@ -325,7 +349,7 @@ def equalise_batches(batch: dict[str, Any], env: mdist.DistEnv) -> tuple[dict[st
     samples as the smallest has (one collective per batch), and both counts are reported: nothing is
     dropped silently, and every rank holds the same global counts (what rank 0 logs and checkpoints).
     """
-    n, skipped = batch["images"].shape[0], int(batch.get("skipped", 0))
+    n, skipped = num_samples(batch), int(batch.get("skipped", 0))
     if not env.distributed:
         return batch, skipped, 0
     sizes = torch.stack([torch.tensor(n), torch.tensor(skipped)])
@@ -359,7 +383,7 @@ def evaluate_loss(module: TrainingModule, dataset, collate, batch_size: int, env
     count = 0
     for batch in loader:
         batch, _, _ = equalise_batches(batch, env)  # the losses gather across ranks: equal batches
-        n = batch["images"].shape[0]
+        n = num_samples(batch)
         if n < 2:  # a contrastive loss over one sample is 0 by construction: leave it out (on every rank)
             continue
         batch = to_device(batch, env.device)
