@@ -139,6 +139,9 @@ def _add_evaluate(sub) -> None:
                    help="linear probe: scikit-learn L-BFGS (default) or MGCA's AdamW Linear layer")
     p.add_argument("--c-grid", type=float, nargs="+", help="linear probe (lbfgs): inverse regularisation strengths")
     p.add_argument("--probe-batch-size", type=int, help="linear probe (adamw): training batch size (48)")
+    p.add_argument("--select", choices=["loss", "auroc", "accuracy"],
+                   help="linear probe / finetune: what the validation split picks by (C for lbfgs: auroc; "
+                        "the epoch otherwise: loss as MGCA, accuracy as MGLL)")
     p.add_argument("--max-iter", type=int)
     p.add_argument("--epochs", type=int)
     p.add_argument("--patience", type=int)

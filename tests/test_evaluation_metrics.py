@@ -207,3 +207,52 @@ def test_adamw_linear_probe_learns_and_stops_early():
     predict, fit = fit_linear_adamw(x[train], labels[train], True, None, **{**kwargs, "epochs": 5})
     assert fit["epochs_run"] == 5 and fit["best_epoch"] is None
     np.testing.assert_allclose(predict(x[test]).sum(1), 1.0, rtol=1e-6)
+
+
+def test_validation_scores_match_loops_and_sklearn():
+    """The scores that pick C or the epoch, against a loop over samples and entries (and sklearn)."""
+    import math
+
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from medgrain.evaluation.common import validation_score
+
+    rng = np.random.default_rng(3)
+    p = rng.uniform(0.01, 0.99, size=(40, 3))
+    y = (rng.uniform(size=(40, 3)) > 0.6).astype(float)
+    y[:, 2] = 0  # no positive: AUROC undefined there, left out of the mean
+    bce = -sum(y[i, k] * math.log(p[i, k]) + (1 - y[i, k]) * math.log(1 - p[i, k])
+               for i in range(40) for k in range(3)) / 120
+    acc = sum((p[i, k] > 0.5) == (y[i, k] == 1) for i in range(40) for k in range(3)) / 120
+    auroc = (roc_auc_score(y[:, 0], p[:, 0]) + roc_auc_score(y[:, 1], p[:, 1])) / 2
+    assert math.isclose(validation_score("loss", p, y, False), bce, rel_tol=1e-9)
+    assert math.isclose(validation_score("accuracy", p, y, False), acc)
+    assert math.isclose(validation_score("auroc", p, y, False), auroc)
+
+    q = rng.dirichlet(np.ones(4), size=30)
+    target = rng.integers(0, 4, size=30)
+    onehot = np.eye(4)[target]
+    ce = -sum(math.log(q[i, target[i]]) for i in range(30)) / 30
+    hits = sum(int(np.argmax(q[i]) == target[i]) for i in range(30)) / 30
+    assert math.isclose(validation_score("loss", q, onehot, True), ce, rel_tol=1e-9)
+    assert math.isclose(validation_score("accuracy", q, onehot, True), hits)
+    with pytest.raises(ValueError, match="select must be one of"):
+        validation_score("f1", q, onehot, True)
+
+
+def test_adamw_probe_selected_by_accuracy_keeps_the_most_accurate_epoch():
+    import numpy as np
+
+    from medgrain.evaluation.linear_probe import fit_linear_adamw
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 8))
+    y = np.stack([x[:, 0] > 0, x[:, 1] + x[:, 2] > 0], axis=1).astype(np.float64)
+    kwargs = dict(epochs=12, patience=3, lr=5e-2, weight_decay=1e-6, batch_size=48, seed=0, select="accuracy")
+    predict, fit = fit_linear_adamw(x[:200], y[:200], False, (x[200:250], y[200:250]), **kwargs)
+    history = fit["valid_history"]
+    assert all(0 <= a <= 1 for a in history) and fit["best_valid"] == max(history)
+    assert history.index(max(history)) + 1 == fit["best_epoch"]  # the first epoch that reached it
+    restored = ((predict(x[200:250]) > 0.5) == (y[200:250] > 0.5)).mean()
+    assert restored == fit["best_valid"]  # the weights kept are that epoch's

@@ -119,14 +119,24 @@ def test_linear_probe_fractions_and_feature_cache(bench, monkeypatch):
     assert adamw["options"]["solver"] == "adamw" and adamw["options"]["lr"] == 5e-4
     run = adamw["metrics"]["fractions"]["10%"]["runs"][0]
     assert run["n_train"] == len(ids[0]) and 2 <= run["epochs_run"] <= 3 and len(run["valid_history"]) == run["epochs_run"]
+    assert adamw["options"]["select"] == "loss" and run["best_valid"] == min(run["valid_history"])
+    mgll_rule = linear_probe(bench["tiny-vit"], manifest, fractions=(0.1,), seeds=(0,), cache_dir=bench["cache"],
+                             solver="adamw", epochs=3, patience=1, select="accuracy")
+    run = mgll_rule["metrics"]["fractions"]["10%"]["runs"][0]
+    assert mgll_rule["options"]["select"] == "accuracy" and run["best_valid"] == max(run["valid_history"])
+    assert first["options"]["select"] == "auroc"
+    with pytest.raises(ValueError, match="select must be one of"):
+        linear_probe(bench["tiny-vit"], manifest, select="f1")
     with pytest.raises(ValueError, match="c_grid do not apply to solver='adamw'"):
         linear_probe(bench["tiny-vit"], manifest, solver="adamw", c_grid=(1.0,))
     with pytest.raises(ValueError, match="epochs, lr do not apply to solver='lbfgs'"):
         linear_probe(bench["tiny-vit"], manifest, epochs=3, lr=0.1)
 
     # fine-tuning trains on the very same records
-    result = finetune(bench["tiny-vit"], manifest, fractions=(0.1,), seeds=(0,), epochs=2, patience=1, batch_size=8)
+    result = finetune(bench["tiny-vit"], manifest, fractions=(0.1,), seeds=(0,), epochs=2, patience=1, batch_size=8,
+                      select="auroc")
     run = result["metrics"]["fractions"]["10%"]["runs"][0]
+    assert result["options"]["select"] == "auroc" and run["best_valid"] == max(run["valid_history"])
     assert run["n_train"] == len(ids[0]) and run["epochs_run"] <= 2
     assert result["metrics"]["fractions"]["10%"]["macro"]["auroc"]["mean"] is not None
 

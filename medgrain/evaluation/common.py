@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import (
@@ -327,14 +328,59 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, multiclass: 
     return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
 
 
+# What picks the weights (or C) on the validation split: MGCA's rule is the loss, MGLL's the accuracy.
+SELECT_CRITERIA = ("loss", "auroc", "accuracy")
+
+
+def mean_defined_auroc(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Mean AUROC over the findings where it is defined (both classes present); -inf if none is."""
+    from sklearn.metrics import roc_auc_score
+
+    values = [roc_auc_score(labels[:, k], probabilities[:, k]) for k in range(labels.shape[1])
+              if 0 < labels[:, k].sum() < len(labels)]
+    return float(np.mean(values)) if values else float("-inf")
+
+
+def validation_score(select: str, probabilities: np.ndarray, labels: np.ndarray, multiclass: bool) -> float:
+    """The score ``select`` names, of probabilities (N, C) against one-hot or multi-hot labels (N, C):
+
+    - ``loss``: cross-entropy of the true class (multi-class) or the mean binary cross-entropy over
+      every entry (multi-label); lower is better;
+    - ``auroc``: ``mean_defined_auroc``; higher is better;
+    - ``accuracy``: MGLL's ACC: plain accuracy of the argmax (multi-class), or the accuracy of every
+      entry at the threshold 0.5, i.e. per-finding accuracy averaged over findings (multi-label);
+      higher is better.
+    """
+    if select not in SELECT_CRITERIA:
+        raise ValueError(f"select must be one of {SELECT_CRITERIA}, got {select!r}")
+    p, y = np.asarray(probabilities, dtype=np.float64), np.asarray(labels, dtype=np.float64)
+    if select == "auroc":
+        return mean_defined_auroc(p, y)
+    if multiclass:
+        target = y.argmax(1)
+        if select == "accuracy":
+            return float(np.mean(p.argmax(1) == target))
+        return float(-np.mean(np.log(np.clip(p[np.arange(len(p)), target], 1e-12, None))))
+    if select == "accuracy":
+        return float(np.mean((p > 0.5) == (y > 0.5)))
+    p = np.clip(p, 1e-12, 1 - 1e-12)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def higher_is_better(select: str) -> bool:
+    return select != "loss"
+
+
 def fit_with_early_stopping(model: torch.nn.Module, parameters, train_loader: DataLoader,
                             batch_loss: Callable[[dict[str, Any]], torch.Tensor],
                             validate: Callable[[], float] | None, epochs: int, patience: int, lr: float,
-                            weight_decay: float, description: str) -> dict[str, Any]:
-    """AdamW on ``parameters``; after every epoch ``validate()`` (lower is better) and keep the best
-    weights; stop after ``patience`` epochs without improvement and restore the best weights
-    (MGCA's protocol). Without ``validate`` every epoch runs and the last weights are kept."""
+                            weight_decay: float, description: str, maximize: bool = False) -> dict[str, Any]:
+    """AdamW on ``parameters``; after every epoch ``validate()`` (lower is better, or higher with
+    ``maximize``) and keep the best weights; stop after ``patience`` epochs without improvement and
+    restore the best weights (MGCA's protocol). Without ``validate`` every epoch runs and the last
+    weights are kept."""
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+    sign = -1.0 if maximize else 1.0
     best, best_state, best_epoch, since_best, history = float("inf"), None, None, 0, []
     for epoch in progress(range(epochs), description, total=epochs):
         model.train()  # a frozen encoder stays in eval mode: see FrozenEncoder
@@ -351,8 +397,8 @@ def fit_with_early_stopping(model: torch.nn.Module, parameters, train_loader: Da
         model.eval()
         score = validate()
         history.append(score)
-        if score < best:
-            best, best_epoch, since_best = score, epoch, 0
+        if sign * score < best:
+            best, best_epoch, since_best = sign * score, epoch, 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             since_best += 1
@@ -362,7 +408,7 @@ def fit_with_early_stopping(model: torch.nn.Module, parameters, train_loader: Da
         model.load_state_dict(best_state)
     model.eval()
     return {"epochs_run": epoch + 1, "best_epoch": None if best_epoch is None else best_epoch + 1,
-            "best_valid": None if best_state is None else best, "valid_history": history}
+            "best_valid": None if best_state is None else sign * best, "valid_history": history}
 
 
 class FrozenEncoder(torch.nn.Module):

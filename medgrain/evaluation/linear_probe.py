@@ -9,7 +9,7 @@ projection head), extracted once and cached. Two solvers:
 - ``"adamw"``: MGCA's protocol (research/mgca.md 4.1; MGLL trains the same Linear layer): one Linear
   layer on the raw features, AdamW (lr 5e-4, weight decay 1e-6), batch 48, at most 50 epochs, early
   stopping on the validation loss (patience 10), the test split scored with the best weights. Use it
-  to compare with the papers' tables.
+  to compare with the papers' tables; ``select="accuracy"`` picks the epoch by MGLL's rule instead.
 """
 
 from __future__ import annotations
@@ -20,14 +20,15 @@ import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
 from medgrain.evaluation.common import (
+    SELECT_CRITERIA,
     Result,
     classification_loss,
     finish_classification,
     fit_with_early_stopping,
+    higher_is_better,
     is_multiclass,
     load_encoder,
     note,
@@ -35,6 +36,7 @@ from medgrain.evaluation.common import (
     progress,
     require_findings,
     require_split,
+    validation_score,
 )
 from medgrain.evaluation.features import extract_features
 from medgrain.evaluation.fractions import FRACTIONS, fraction_name, fraction_plan
@@ -88,10 +90,11 @@ class _ShuffledBatches:
 
 def fit_linear_adamw(x: np.ndarray, y: np.ndarray, multiclass: bool, valid: tuple[np.ndarray, np.ndarray] | None,
                      *, epochs: int, patience: int, lr: float, weight_decay: float, batch_size: int, seed: int,
-                     description: str = "linear probe") -> tuple[callable, dict]:
+                     select: str = "loss", description: str = "linear probe") -> tuple[callable, dict]:
     """Train ``nn.Linear(D, C)`` with AdamW on features ``x`` (N, D) and one-hot or multi-hot ``y`` (N, C);
-    early stopping on the validation loss when ``valid`` is given. Returns ``predict(x) -> probabilities``
-    (softmax or sigmoid) and the fit's record (epochs run, best epoch, validation losses)."""
+    early stopping on the validation score ``select`` (see ``validation_score``) when ``valid`` is
+    given. Returns ``predict(x) -> probabilities`` (softmax or sigmoid) and the fit's record (epochs
+    run, best epoch, validation scores)."""
     torch.manual_seed(seed)
     layer = torch.nn.Linear(x.shape[1], y.shape[1])
     features, labels = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32)
@@ -106,10 +109,14 @@ def fit_linear_adamw(x: np.ndarray, y: np.ndarray, multiclass: bool, valid: tupl
 
         @torch.no_grad()
         def validate():
-            return float(classification_loss(layer(valid_x), valid_y, multiclass))
+            logits = layer(valid_x)
+            if select == "loss":
+                return float(classification_loss(logits, valid_y, multiclass))
+            probabilities = logits.softmax(1) if multiclass else logits.sigmoid()
+            return validation_score(select, probabilities.numpy(), valid_y.numpy(), multiclass)
 
     fit = fit_with_early_stopping(layer, layer.parameters(), batches, batch_loss, validate, epochs, patience,
-                                  lr, weight_decay, description)
+                                  lr, weight_decay, description, maximize=higher_is_better(select))
 
     @torch.no_grad()
     def predict(z: np.ndarray) -> np.ndarray:
@@ -119,27 +126,26 @@ def fit_linear_adamw(x: np.ndarray, y: np.ndarray, multiclass: bool, valid: tupl
     return predict, fit
 
 
-def _valid_auroc(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    """Mean AUROC over the findings where it is defined: the score that picks C."""
-    values = [roc_auc_score(labels[:, k], probabilities[:, k]) for k in range(labels.shape[1])
-              if 0 < labels[:, k].sum() < len(labels)]
-    return float(np.mean(values)) if values else float("-inf")
-
-
 def linear_probe(checkpoint: str, data, *, model: str = "tiny", fractions=FRACTIONS, seeds=(0, 1, 2),
                  solver: str = "lbfgs", c_grid=None, max_iter: int | None = None, epochs: int | None = None,
                  patience: int | None = None, lr: float | None = None, weight_decay: float | None = None,
-                 probe_batch_size: int | None = None, split: str = "test", valid_split: str = "valid",
+                 probe_batch_size: int | None = None, select: str | None = None, split: str = "test",
+                 valid_split: str = "valid",
                  fractions_dir=None, batch_size: int = 64, workers: int = 0, cache_dir=None, device=None,
                  imagenet_weights: str | None = None, out=None, encoder=None) -> dict:
     """A linear classifier on frozen backbone features for each label fraction and seed; AUROC, AP,
     F1 and accuracy on ``split``, their mean and standard deviation over seeds.
 
     ``solver="lbfgs"`` takes ``c_grid`` and ``max_iter``; ``solver="adamw"`` takes ``epochs``, ``patience``,
-    ``lr``, ``weight_decay`` and ``probe_batch_size`` (MGCA's values by default). ``batch_size`` is the
-    feature extraction's."""
+    ``lr``, ``weight_decay`` and ``probe_batch_size`` (MGCA's values by default). ``select`` is what the
+    validation split picks by (``validation_score``): C for lbfgs (default ``auroc``), the epoch for
+    adamw (default ``loss``, MGCA's rule; ``accuracy`` is MGLL's). ``batch_size`` is the feature
+    extraction's."""
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    select = select or ("auroc" if solver == "lbfgs" else "loss")
+    if select not in SELECT_CRITERIA:
+        raise ValueError(f"select must be one of {SELECT_CRITERIA}, got {select!r}")
     adamw_given = {k: v for k, v in {"epochs": epochs, "patience": patience, "lr": lr, "weight_decay": weight_decay,
                                     "probe_batch_size": probe_batch_size}.items() if v is not None}
     lbfgs_given = {k: v for k, v in {"c_grid": c_grid, "max_iter": max_iter}.items() if v is not None}
@@ -158,7 +164,7 @@ def linear_probe(checkpoint: str, data, *, model: str = "tiny", fractions=FRACTI
     encoder = encoder or load_encoder(checkpoint, model, seeds[0], device, imagenet_weights)
     solver_options = {"c_grid": list(c_grid), "max_iter": max_iter} if solver == "lbfgs" else adamw
     options = {"model": model, "fractions": [fraction_name(f) for f in fractions], "seeds": seeds,
-               "solver": solver, **solver_options, "split": split, "valid_split": valid_split,
+               "solver": solver, **solver_options, "select": select, "split": split, "valid_split": valid_split,
                "features": "backbone (pooled image tower output)"}
     result = Result("linear-probe", encoder, manifest, options, seeds)
 
@@ -183,7 +189,7 @@ def linear_probe(checkpoint: str, data, *, model: str = "tiny", fractions=FRACTI
                 x, y, multiclass, (valid.features, valid.labels) if valid is not None else None,
                 epochs=adamw["epochs"], patience=adamw["patience"], lr=adamw["lr"],
                 weight_decay=adamw["weight_decay"], batch_size=adamw["probe_batch_size"], seed=seed,
-                description=f"linear probe {fraction_name(fraction)} seed {seed}")
+                select=select, description=f"linear probe {fraction_name(fraction)} seed {seed}")
             metrics = classification_metrics(
                 predict(test.features), test.labels, names, multiclass,
                 predict(valid.features) if valid is not None else None, valid.labels if valid is not None else None)
@@ -193,8 +199,10 @@ def linear_probe(checkpoint: str, data, *, model: str = "tiny", fractions=FRACTI
         candidates = c_grid if valid is not None else (1.0,)
         fitted = {c: fit_logistic(scaler.transform(x), y, multiclass, c, max_iter) for c in candidates}
         valid_scores = {c: p(scaler.transform(valid.features)) for c, p in fitted.items()} if valid is not None else {}
+        sign = -1.0 if higher_is_better(select) else 1.0
         # Smallest C among the best: the strongest regularisation that does as well.
-        best = max(candidates, key=lambda c: (_valid_auroc(valid_scores[c], valid.labels), -c)) if valid is not None else 1.0
+        best = (min(candidates, key=lambda c: (sign * validation_score(select, valid_scores[c], valid.labels, multiclass), c))
+                if valid is not None else 1.0)
         metrics = classification_metrics(
             fitted[best](scaler.transform(test.features)), test.labels, names, multiclass,
             valid_scores.get(best), valid.labels if valid is not None else None)
