@@ -46,12 +46,15 @@ def test_tiny_run_lowers_validation_loss_and_reloads(synth_manifest, tmp_path, o
     assert len(losses) == 4 and all(map(lambda v: v == v, losses))
     assert losses[-1] < losses[0], f"{objective}: validation loss did not go down: {losses}"
     assert result.best_checkpoint is not None and (tmp_path / "run" / "run.yaml").is_file()
-    # `last` resumes; `best` is the model alone (no optimizer moments: a third of the size), and loads.
-    assert (result.last_checkpoint / "train_state.pt").is_file()
-    assert not (result.best_checkpoint / "train_state.pt").exists()
-    assert (result.best_checkpoint / "run.yaml").is_file()
+    # Both checkpoints are whole; `last` shares `best`'s files (hard links) exactly when the last epoch
+    # was the best (here it always has been, but on another CPU's floating point it might not be).
+    last_is_best = losses[-1] == min(losses[1:])
+    names = sorted(p.relative_to(result.best_checkpoint) for p in result.best_checkpoint.rglob("*") if p.is_file())
+    assert {"train_state.pt", "model.safetensors", "run.yaml"} <= {str(n) for n in names}
     if objective.startswith("mgca"):
         assert (result.best_checkpoint / "objective.safetensors").is_file()
+    for n in names:
+        assert (result.last_checkpoint / n).samefile(result.best_checkpoint / n) == last_is_best
     medgrain.load_pretrained(result.best_checkpoint)
 
     pre = medgrain.load_pretrained(result.last_checkpoint)

@@ -3,12 +3,12 @@
 Layout (``medgrain.load_pretrained`` reads the first three; ``--resume`` reads all):
     model.safetensors, config.json, tokenizer/     the model (save_pretrained)
     objective.safetensors                          weights owned by the loss (MGCA's prototypes)
-    train_state.pt                                 optimizer, scheduler, counters, RNG: loaded with weights_only=True;
-                                                   only in resumable checkpoints (``last``), not in ``best``
+    train_state.pt                                 optimizer, scheduler, counters, RNG: loaded with weights_only=True
     run.yaml                                       the resolved run config
 
-``best`` is a model to evaluate, not a point to resume from: without the optimizer's moments it is
-a third of the size (AdamW keeps two tensors per parameter).
+When ``last`` is written at the very state ``best`` was just written at (the end of an epoch that
+improved the validation loss), its files are hard links to ``best``'s (``link_checkpoint``): the
+same bytes are not stored twice.
 
 Written into a staging folder and swapped in with renames: a run killed mid-write leaves the
 previous checkpoint whole (as ``NAME`` or, if killed between the two renames, ``NAME.old``).
@@ -16,6 +16,7 @@ previous checkpoint whole (as ``NAME`` or, if killed between the two renames, ``
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -44,9 +45,7 @@ def _swap_in(staging: Path, target: Path) -> None:
 
 
 def save_checkpoint(target: Path, *, model: nn.Module, tokenizer, objective: nn.Module,
-                    optimizer: torch.optim.Optimizer, scheduler, state: dict[str, Any], run_yaml: str,
-                    resumable: bool = True) -> Path:
-    """``resumable=False`` leaves out ``train_state.pt`` (optimizer, scheduler, counters, RNG)."""
+                    optimizer: torch.optim.Optimizer, scheduler, state: dict[str, Any], run_yaml: str) -> Path:
     target = Path(target)
     staging = target.with_name(target.name + ".staging")
     if staging.exists():
@@ -55,12 +54,31 @@ def save_checkpoint(target: Path, *, model: nn.Module, tokenizer, objective: nn.
     obj_state = {k: v.detach().contiguous().cpu() for k, v in objective.state_dict().items()}
     if obj_state:
         save_file(obj_state, str(staging / OBJECTIVE_WEIGHTS))
-    if resumable:
-        torch.save(
-            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **state},
-            staging / TRAIN_STATE,
-        )
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **state},
+        staging / TRAIN_STATE,
+    )
     (staging / "run.yaml").write_text(run_yaml)
+    _swap_in(staging, target)
+    return target
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # a file system without hard links
+        shutil.copy2(src, dst)
+
+
+def link_checkpoint(source: Path, target: Path) -> Path:
+    """``target`` as a checkpoint identical to ``source``, its files hard links to ``source``'s (copies
+    where the file system has no hard links), swapped in as atomically as ``save_checkpoint``'s.
+    Checkpoints are replaced whole, never edited in place, so the shared files never change."""
+    target = Path(target)
+    staging = target.with_name(target.name + ".staging")
+    if staging.exists():
+        shutil.rmtree(staging)
+    shutil.copytree(source, staging, copy_function=_link_or_copy)
     _swap_in(staging, target)
     return target
 

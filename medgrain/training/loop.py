@@ -23,7 +23,7 @@ from ..data.transforms import eval_transform, pretrain_transform
 from ..losses.objective import Objective, build_objective
 from ..models import create_model
 from . import distributed as mdist
-from .checkpoint import find_resumable, load_training_state, save_checkpoint
+from .checkpoint import find_resumable, link_checkpoint, load_training_state, save_checkpoint
 from .config import RunConfig
 from .logging import RunLogger
 from .optim import build_optimizer, build_scheduler
@@ -190,15 +190,23 @@ def _train(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> TrainResult:
     best = ckpt_dir / "best" if valid_ds is not None else None
     params = [p for p in module.parameters()]
 
+    best_written_at: list[int | None] = [None]  # the step `best` holds, while nothing has moved since
+
     def checkpoint(name: Path) -> None:
-        resumable = name == last  # `best` is for evaluation: the model without the optimizer state
-        rng = {"rng_state_per_rank": mdist.all_gather(torch.get_rng_state())} if resumable else {}
-        if resumable and device.type == "cuda":  # dropout on the GPU draws from the device's generator
+        if name == last and best_written_at[0] == state["step"]:
+            # Nothing changed since `best` was written (no step, no random draw): share its files.
+            if env.is_main:
+                link_checkpoint(best, last)
+            mdist.barrier()
+            return
+        rng = {"rng_state_per_rank": mdist.all_gather(torch.get_rng_state())}
+        if device.type == "cuda":  # dropout on the GPU draws from the device's generator
             rng["cuda_rng_state_per_rank"] = mdist.all_gather(torch.cuda.get_rng_state(device))
         if env.is_main:
             save_checkpoint(name, model=module.model, tokenizer=tokenizer, objective=module.objective,
                             optimizer=optimizer, scheduler=scheduler, state={**state, **rng},
-                            run_yaml=cfg.to_yaml(), resumable=resumable)
+                            run_yaml=cfg.to_yaml())
+        best_written_at[0] = state["step"] if name == best else None
         mdist.barrier()
 
     if valid_ds is not None and state["step"] == 0 and t.eval_at_start:
