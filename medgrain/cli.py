@@ -142,6 +142,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--select", choices=["loss", "auroc", "accuracy"],
                    help="linear probe / finetune: what the validation split picks by (C for lbfgs: auroc; "
                         "the epoch otherwise: loss as MGCA, accuracy as MGLL)")
+    p.add_argument("--schedule", choices=["constant", "cosine"],
+                   help="finetune: learning rate constant (default) or warm-up then cosine to 0 (MGLL's)")
+    p.add_argument("--warmup-epochs", type=float, help="finetune with --schedule cosine: warm-up length (0)")
     p.add_argument("--max-iter", type=int)
     p.add_argument("--epochs", type=int)
     p.add_argument("--patience", type=int)

@@ -256,3 +256,42 @@ def test_adamw_probe_selected_by_accuracy_keeps_the_most_accurate_epoch():
     assert history.index(max(history)) + 1 == fit["best_epoch"]  # the first epoch that reached it
     restored = ((predict(x[200:250]) > 0.5) == (y[200:250] > 0.5)).mean()
     assert restored == fit["best_valid"]  # the weights kept are that epoch's
+
+
+def test_cosine_schedule_of_the_downstream_fits_matches_the_formula(monkeypatch):
+    """schedule="cosine": per iteration, linear warm-up over warmup_epochs, then a half cosine to 0 at the
+    end of the last epoch; the learning rate each step used, against the formula written out."""
+    import math
+
+    from medgrain.evaluation import common
+
+    captured = []
+    real_adamw = torch.optim.AdamW
+    monkeypatch.setattr(common.torch.optim, "AdamW", lambda *a, **k: captured.append(real_adamw(*a, **k)) or captured[-1])
+    layer = torch.nn.Linear(2, 1)
+    batches = [(torch.randn(4, 2), torch.randn(4, 1)) for _ in range(5)]  # 5 iterations per epoch
+    seen = []
+
+    def batch_loss(batch):
+        seen.append(captured[0].param_groups[0]["lr"])
+        return torch.nn.functional.mse_loss(layer(batch[0]), batch[1])
+
+    common.fit_with_early_stopping(layer, layer.parameters(), batches, batch_loss, None, epochs=4, patience=1,
+                                   lr=0.1, weight_decay=0.0, description="t", schedule="cosine", warmup_epochs=1)
+    total, warmup = 20, 5
+    expected = []
+    for step in range(total):
+        if step < warmup:
+            expected.append(0.1 * (step + 1) / warmup)
+        else:
+            expected.append(0.1 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup))))
+    assert len(seen) == total and all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) for a, b in zip(seen, expected))
+
+    seen.clear()
+    captured.clear()
+    common.fit_with_early_stopping(layer, layer.parameters(), batches, batch_loss, None, epochs=2, patience=1,
+                                   lr=0.1, weight_decay=0.0, description="t")
+    assert seen == [0.1] * 10  # constant: the default
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        common.fit_with_early_stopping(layer, layer.parameters(), batches, batch_loss, None, epochs=1, patience=1,
+                                       lr=0.1, weight_decay=0.0, description="t", schedule="step")

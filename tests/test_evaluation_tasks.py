@@ -134,9 +134,10 @@ def test_linear_probe_fractions_and_feature_cache(bench, monkeypatch):
 
     # fine-tuning trains on the very same records
     result = finetune(bench["tiny-vit"], manifest, fractions=(0.1,), seeds=(0,), epochs=2, patience=1, batch_size=8,
-                      select="auroc")
+                      select="auroc", schedule="cosine", warmup_epochs=1)
     run = result["metrics"]["fractions"]["10%"]["runs"][0]
     assert result["options"]["select"] == "auroc" and run["best_valid"] == max(run["valid_history"])
+    assert result["options"]["schedule"] == "cosine" and result["options"]["warmup_epochs"] == 1
     assert run["n_train"] == len(ids[0]) and run["epochs_run"] <= 2
     assert result["metrics"]["fractions"]["10%"]["macro"]["auroc"]["mean"] is not None
 

@@ -328,6 +328,7 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, multiclass: 
     return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
 
 
+SCHEDULES = ("constant", "cosine")
 # What picks the weights (or C) on the validation split: MGCA's rule is the loss, MGLL's the accuracy.
 SELECT_CRITERIA = ("loss", "auroc", "accuracy")
 
@@ -374,12 +375,25 @@ def higher_is_better(select: str) -> bool:
 def fit_with_early_stopping(model: torch.nn.Module, parameters, train_loader: DataLoader,
                             batch_loss: Callable[[dict[str, Any]], torch.Tensor],
                             validate: Callable[[], float] | None, epochs: int, patience: int, lr: float,
-                            weight_decay: float, description: str, maximize: bool = False) -> dict[str, Any]:
+                            weight_decay: float, description: str, maximize: bool = False,
+                            schedule: str = "constant", warmup_epochs: float = 0.0) -> dict[str, Any]:
     """AdamW on ``parameters``; after every epoch ``validate()`` (lower is better, or higher with
     ``maximize``) and keep the best weights; stop after ``patience`` epochs without improvement and
     restore the best weights (MGCA's protocol). Without ``validate`` every epoch runs and the last
-    weights are kept."""
+    weights are kept.
+
+    ``schedule="cosine"``: per iteration, linear warm-up over ``warmup_epochs`` then a half cosine to
+    0 at the end of ``epochs`` (MGLL's downstream schedule); ``"constant"`` keeps ``lr`` throughout."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+    scheduler = None
+    if schedule == "cosine":
+        from medgrain.training.optim import warmup_cosine
+
+        per_epoch = len(train_loader)
+        total, warmup = epochs * per_epoch, int(round(warmup_epochs * per_epoch))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, total, warmup))
     sign = -1.0 if maximize else 1.0
     best, best_state, best_epoch, since_best, history = float("inf"), None, None, 0, []
     for epoch in progress(range(epochs), description, total=epochs):
@@ -392,6 +406,8 @@ def fit_with_early_stopping(model: torch.nn.Module, parameters, train_loader: Da
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
         if validate is None:
             continue
         model.eval()

@@ -3,7 +3,8 @@
 MGLL's protocol (research/mgll.md §4): every weight is trained, BCE-with-logits for multi-label and
 cross-entropy for multi-class data, AdamW; here with MGCA's early stopping on the validation loss
 (patience 10) and the test split scored once with the best weights. ``select="accuracy"`` picks the
-weights by MGLL's rule (best validation accuracy) instead, ``"auroc"`` by the mean AUROC.
+weights by MGLL's rule (best validation accuracy) instead, ``"auroc"`` by the mean AUROC;
+``schedule="cosine", warmup_epochs=1`` is MGLL's learning-rate schedule (the default is constant).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch import nn
 
 from medgrain.data.transforms import pretrain_transform
 from medgrain.evaluation.common import (
+    SCHEDULES,
     SELECT_CRITERIA,
     Result,
     classification_loss,
@@ -62,13 +64,16 @@ def predict(model: nn.Module, loader, multiclass: bool) -> tuple[np.ndarray, np.
 
 def finetune(checkpoint: str, data, *, model: str = "tiny", fractions=FRACTIONS, seeds=(0, 1, 2),
              epochs: int = 50, patience: int = 10, lr: float = 1e-4, weight_decay: float = 1e-4,
-             batch_size: int = 32, select: str = "loss", split: str = "test", valid_split: str = "valid",
+             batch_size: int = 32, select: str = "loss", schedule: str = "constant", warmup_epochs: float = 0.0,
+             split: str = "test", valid_split: str = "valid",
              fractions_dir=None,
              workers: int = 0, device=None, imagenet_weights: str | None = None, out=None, encoder=None) -> dict:
     """Fine-tune the image tower and a linear head per label fraction and seed; the metrics of the
     linear probe on ``split``, with their mean and standard deviation over seeds."""
     if select not in SELECT_CRITERIA:
         raise ValueError(f"select must be one of {SELECT_CRITERIA}, got {select!r}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     manifest = open_manifest(data)
     for s in ("train", split):
         require_split(manifest, s, "fine-tuning")
@@ -77,6 +82,7 @@ def finetune(checkpoint: str, data, *, model: str = "tiny", fractions=FRACTIONS,
     encoder = encoder or load_encoder(checkpoint, model, seeds[0], device, imagenet_weights)
     options = {"model": model, "fractions": [fraction_name(f) for f in fractions], "seeds": seeds, "epochs": epochs,
                "patience": patience, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size, "select": select,
+               "schedule": schedule, "warmup_epochs": warmup_epochs,
                "split": split, "valid_split": valid_split, "optimizer": "AdamW", "augmentation": "pretrain_transform"}
     result = Result("finetune", encoder, manifest, options, seeds)
 
@@ -110,7 +116,8 @@ def finetune(checkpoint: str, data, *, model: str = "tiny", fractions=FRACTIONS,
         fit = fit_with_early_stopping(classifier, classifier.parameters(), loader, batch_loss,
                                       validate if valid_loader else None, epochs, patience, lr, weight_decay,
                                       f"finetune {fraction_name(fraction)} seed {seed}",
-                                      maximize=higher_is_better(select))
+                                      maximize=higher_is_better(select), schedule=schedule,
+                                      warmup_epochs=warmup_epochs)
         scores, labels, _ = predict(classifier, test_loader, multiclass)
         valid_scores, valid_labels = predict(classifier, valid_loader, multiclass)[:2] if valid_loader else (None, None)
         metrics = classification_metrics(scores, labels, names, multiclass, valid_scores, valid_labels)

@@ -81,6 +81,9 @@ class _ShuffledBatches:
         self.x, self.y, self.batch_size = x, y, batch_size
         self.generator = torch.Generator().manual_seed(seed)
 
+    def __len__(self) -> int:
+        return -(-len(self.x) // self.batch_size)
+
     def __iter__(self):
         order = torch.randperm(len(self.x), generator=self.generator)
         for start in range(0, len(order), self.batch_size):
