@@ -65,9 +65,8 @@ def predict(model: nn.Module, loader, multiclass: bool) -> tuple[np.ndarray, np.
 def finetune(checkpoint: str, data, *, model: str = "tiny", fractions=FRACTIONS, seeds=(0, 1, 2),
              epochs: int = 50, patience: int = 10, lr: float = 1e-4, weight_decay: float = 1e-4,
              batch_size: int = 32, select: str = "loss", schedule: str = "constant", warmup_epochs: float = 0.0,
-             split: str = "test", valid_split: str = "valid",
-             fractions_dir=None,
-             workers: int = 0, device=None, imagenet_weights: str | None = None, out=None, encoder=None) -> dict:
+             split: str = "test", valid_split: str = "valid", fractions_dir=None, workers: int = 0, device=None,
+             imagenet_weights: str | None = None, out=None, encoder=None) -> dict:
     """Fine-tune the image tower and a linear head per label fraction and seed; the metrics of the
     linear probe on ``split``, with their mean and standard deviation over seeds."""
     if select not in SELECT_CRITERIA:

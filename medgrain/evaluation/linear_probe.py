@@ -133,8 +133,7 @@ def linear_probe(checkpoint: str, data, *, model: str = "tiny", fractions=FRACTI
                  solver: str = "lbfgs", c_grid=None, max_iter: int | None = None, epochs: int | None = None,
                  patience: int | None = None, lr: float | None = None, weight_decay: float | None = None,
                  probe_batch_size: int | None = None, select: str | None = None, split: str = "test",
-                 valid_split: str = "valid",
-                 fractions_dir=None, batch_size: int = 64, workers: int = 0, cache_dir=None, device=None,
+                 valid_split: str = "valid", fractions_dir=None, batch_size: int = 64, workers: int = 0, cache_dir=None, device=None,
                  imagenet_weights: str | None = None, out=None, encoder=None) -> dict:
     """A linear classifier on frozen backbone features for each label fraction and seed; AUROC, AP,
     F1 and accuracy on ``split``, their mean and standard deviation over seeds.

@@ -190,10 +190,11 @@ def _train(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> TrainResult:
     best = ckpt_dir / "best" if valid_ds is not None else None
     params = [p for p in module.parameters()]
 
-    best_written_at: list[int | None] = [None]  # the step `best` holds, while nothing has moved since
+    best_written_at: int | None = None  # the step `best` holds, while nothing has moved since
 
     def checkpoint(name: Path) -> None:
-        if name == last and best_written_at[0] == state["step"]:
+        nonlocal best_written_at
+        if name == last and best_written_at == state["step"]:
             # Nothing changed since `best` was written (no step, no random draw): share its files.
             if env.is_main:
                 link_checkpoint(best, last)
@@ -206,7 +207,7 @@ def _train(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> TrainResult:
             save_checkpoint(name, model=module.model, tokenizer=tokenizer, objective=module.objective,
                             optimizer=optimizer, scheduler=scheduler, state={**state, **rng},
                             run_yaml=cfg.to_yaml())
-        best_written_at[0] = state["step"] if name == best else None
+        best_written_at = state["step"] if name == best else None
         mdist.barrier()
 
     if valid_ds is not None and state["step"] == 0 and t.eval_at_start:
