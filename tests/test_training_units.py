@@ -172,3 +172,26 @@ def test_take_rows_keeps_every_per_sample_entry():
     assert out["images"].shape[0] == out["labels"].shape[0] == out["report"]["word_ids"].shape[0] == 2
     assert torch.equal(out["labels"], torch.eye(3)[:2])
     assert take_rows(batch, 0) == {"ids": [], "skipped": 2}
+
+
+def _check_in_sync_on_each_rank(differ: bool):
+    import torch.distributed as dist
+
+    from medgrain.training.distributed import check_in_sync
+
+    w = [torch.ones(3), torch.arange(4.0)]
+    if differ and dist.get_rank() == 1:
+        w[1] = w[1] + torch.tensor([0.0, 0.0, 1e-6, 0.0])
+    try:
+        check_in_sync(w)
+    except RuntimeError as e:
+        return str(e)
+    return "in sync"
+
+
+def test_check_in_sync_names_the_rank_and_tensor_that_differ():
+    from _dist import run_distributed
+
+    assert run_distributed(_check_in_sync_on_each_rank, 2, False) == ["in sync", "in sync"]
+    errors = run_distributed(_check_in_sync_on_each_rank, 2, True)
+    assert all("rank(s) [1] differ from rank 0's (first at tensor 1)" in e for e in errors)

@@ -104,6 +104,22 @@ def average_gradients(params: list[torch.Tensor]) -> None:
         p.grad.div_(world)
 
 
+def check_in_sync(params: list[torch.Tensor], what: str = "model weights") -> None:
+    """Raise if the ranks' copies of ``params`` differ. Under DDP every rank applies the same averaged
+    gradients, so the copies stay bitwise equal; a difference means a bug (or a collective skipped on
+    one rank), and training on would silently average gradients of different models. Compares one
+    float64 sum per tensor: a few bytes per parameter tensor, once per checkpoint."""
+    if not (dist.is_available() and dist.is_initialized()) or not params:
+        return
+    fingerprint = torch.stack([p.detach().double().sum() for p in params])
+    copies = all_gather(fingerprint)
+    differ = [r for r, c in enumerate(copies) if not torch.equal(c, copies[0])]
+    if differ:
+        first = int((copies[differ[0]] != copies[0]).nonzero()[0])
+        raise RuntimeError(f"the {what} of rank(s) {differ} differ from rank 0's (first at tensor {first}): "
+                           "the ranks no longer train the same model")
+
+
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         # Free cyclic garbage (autograd graphs, DDP's reducer) that may still reference the group, so that

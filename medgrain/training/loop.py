@@ -200,6 +200,7 @@ def _train(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> TrainResult:
                 link_checkpoint(best, last)
             mdist.barrier()
             return
+        mdist.check_in_sync(params)
         rng = {"rng_state_per_rank": mdist.all_gather(torch.get_rng_state())}
         if device.type == "cuda":  # dropout on the GPU draws from the device's generator
             rng["cuda_rng_state_per_rank"] = mdist.all_gather(torch.cuda.get_rng_state(device))
