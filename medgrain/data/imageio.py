@@ -40,11 +40,18 @@ def read_image(path: str | Path) -> torch.Tensor:
       MONOCHROME1 inverted; float32 in [0, 1], 1 channel (3 for colour DICOMs, e.g. fundus photographs).
     """
     path = Path(path)
-    suffix = path.suffix.lower()
     try:
         data = path.read_bytes()
     except OSError as e:
         raise ImageReadError(path, e.strerror or str(e)) from None
+    return decode_image_bytes(data, path)
+
+
+def decode_image_bytes(data: bytes, path: str | Path) -> torch.Tensor:
+    """``read_image`` on bytes already in memory (a WebDataset shard's member); ``path`` names the
+    source in errors and its suffix chooses the decoder, as for a file."""
+    path = Path(path)
+    suffix = path.suffix.lower()
     if not data:
         raise ImageReadError(path, "file is empty")
     if suffix == ".npz":
@@ -60,7 +67,12 @@ def read_mask(path: str | Path, size: tuple[int, int] | None = None) -> torch.Te
     ``size=(H, W)`` checks that the mask matches its image; a mask is never resized, since a mismatch
     means the annotation belongs to a different image or crop.
     """
-    mask = read_image(path).ne(0).any(dim=0)
+    return check_mask(read_image(path), path, size)
+
+
+def check_mask(image: torch.Tensor, path: str | Path, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """A decoded mask image as bool (H, W), checked against its image's size (see ``read_mask``)."""
+    mask = image.ne(0).any(dim=0)
     if size is not None and tuple(mask.shape) != tuple(size):
         raise ImageReadError(path, f"mask is {mask.shape[0]}x{mask.shape[1]} (HxW) but its image is {size[0]}x{size[1]}")
     return mask
