@@ -226,3 +226,62 @@ def summarise_runs(runs: list[dict]) -> dict:
         return {"mean": float(np.mean(values)), "std": std, "values": [None if x is None else float(x) for x in items]}
 
     return walk(runs)
+
+
+# ---------------------------------------------------------------------------------------- grounding
+# Phrase grounding as MS-CXR scores it (Boecking et al., "Making the Most of Text Semantics to Improve
+# Biomedical Vision-Language Processing", ECCV 2022, arXiv 2204.09817, §4.3 and hi-ml-multimodal): the
+# phrase-to-patch cosine similarity map, brought to the image's size, against the phrase's box(es).
+
+# mIoU thresholds of the similarity map (cosine similarities, in [-1, 1]), as BioViL averages them.
+GROUNDING_IOU_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5)
+
+
+def box_region(boxes, height: int, width: int) -> torch.Tensor:
+    """(H, W) bool: the union of ``boxes`` ([x0, y0, x1, y1] pixel edges, docs/manifest.md) of one phrase.
+
+    A box covers the pixels whose centres lie inside it, so [5, 7, 6, 8] is the one pixel (row 7, col 5)."""
+    boxes = torch.as_tensor(boxes, dtype=torch.float64).reshape(-1, 4)
+    cols = torch.arange(width, dtype=torch.float64) + 0.5
+    rows = torch.arange(height, dtype=torch.float64) + 0.5
+    inside_x = (cols[None, :] > boxes[:, 0:1]) & (cols[None, :] < boxes[:, 2:3])  # (K, W)
+    inside_y = (rows[None, :] > boxes[:, 1:2]) & (rows[None, :] < boxes[:, 3:4])  # (K, H)
+    return (inside_y[:, :, None] & inside_x[:, None, :]).any(0)
+
+
+def _region_moments(values: torch.Tensor, region: torch.Tensor):
+    weights = region.double()
+    count = weights.sum(1)
+    mean = (values * weights).sum(1) / count.clamp_min(1)
+    variance = (((values - mean[:, None]) ** 2) * weights).sum(1) / count.clamp_min(1)
+    return mean, variance, count
+
+
+def contrast_to_noise(similarity: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+    """CNR of each map (N, H, W) against its ground-truth region (N, H, W) bool:
+    ``|mean_in - mean_out| / sqrt(var_in + var_out)`` with population variances (BioViL's definition).
+
+    NaN where the region is empty or covers the whole image (nothing to contrast), or where both
+    variances are 0 (a map constant inside and outside has no noise to measure contrast against)."""
+    values = similarity.flatten(1).double()
+    region = region.flatten(1).bool()
+    mean_in, var_in, n_in = _region_moments(values, region)
+    mean_out, var_out, n_out = _region_moments(values, ~region)
+    cnr = (mean_in - mean_out).abs() / (var_in + var_out).sqrt()
+    return torch.where((n_in > 0) & (n_out > 0) & torch.isfinite(cnr), cnr, torch.full_like(cnr, float("nan")))
+
+
+def grounding_iou(similarity: torch.Tensor, region: torch.Tensor,
+                  thresholds=GROUNDING_IOU_THRESHOLDS) -> torch.Tensor:
+    """Mean over ``thresholds`` of the IoU between ``similarity > t`` and the region, per map (N,).
+
+    An empty region is undefined (NaN); a threshold at which neither the map nor the region has a
+    pixel cannot happen, because the region is not empty."""
+    values = similarity.flatten(1).double()
+    region = region.flatten(1).bool()
+    t = torch.as_tensor(thresholds, dtype=torch.float64)
+    predicted = values[:, None, :] > t[None, :, None]  # (N, T, P)
+    intersection = (predicted & region[:, None, :]).sum(-1).double()
+    union = (predicted | region[:, None, :]).sum(-1).double()
+    iou = (intersection / union.clamp_min(1)).mean(1)
+    return torch.where(region.any(1), iou, torch.full_like(iou, float("nan")))
