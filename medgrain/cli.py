@@ -81,6 +81,15 @@ def _add_prepare(sub) -> None:
     p.set_defaults(func=_cmd_prepare)
 
 
+def _cmd_shard(a: argparse.Namespace) -> int:
+    from .data.shards import read_shards, write_shards
+
+    path = write_shards(a.manifest, a.out, shard_size=a.shard_size, resize=a.resize, on_error=a.on_error)
+    sharded = read_shards(a.out)
+    print(f"wrote {len(sharded.reader.shards)} shard(s) with {len(sharded)} records to {a.out} (manifest: {path})")
+    return 0
+
+
 def _cmd_leakage(a: argparse.Namespace) -> int:
     from .data.leakage import find_leaks, format_leaks
 
@@ -251,6 +260,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--title")
     p.add_argument("--cache-dir", type=Path)
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("shard", help="pack a manifest into WebDataset tar shards (pretrain with data.shards=DIR)",
+                       description="Writes DIR/shard-NNNNNN.tar, DIR/index.json (random access) and DIR/manifest.jsonl. "
+                                   "The shards are plain WebDataset: open_clip's loader streams them too.")
+    p.add_argument("manifest", type=Path)
+    p.add_argument("--out", required=True, type=Path, help="an empty folder")
+    p.add_argument("--resize", type=int, metavar="PX", help="re-encode images as PNG with the shorter side PX")
+    p.add_argument("--shard-size", type=int, default=1000, help="records per shard")
+    p.add_argument("--on-error", default="raise", choices=["raise", "skip"])
+    p.set_defaults(func=_cmd_shard)
 
     p = sub.add_parser("leakage", help="images of manifest B that also appear in manifest A (perceptual hash)")
     p.add_argument("a", type=Path, help="e.g. the pretraining manifest")

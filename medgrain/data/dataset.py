@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision import tv_tensors
 
-from .imageio import ImageReadError, read_image, read_mask
+from .imageio import ImageReadError
 from .manifest import Manifest, ManifestError, OnError, Record, Skipped, read_manifest
 from .text import Tokenizer, text_ids
 
@@ -110,7 +110,7 @@ class ImageTextDataset(Dataset):
         if self.return_masks:
             files += [(f"findings.{k}.mask", f.mask) for k, f in enumerate(record.findings) if f.mask]
         for field, relative in files:
-            if not self.manifest.resolve(relative).is_file():
+            if not self.manifest.has_file(relative):
                 raise self._error(record, field, f"file not found: {self.manifest.resolve(relative)}")
 
     def _multi_hot(self) -> torch.Tensor:
@@ -146,7 +146,7 @@ class ImageTextDataset(Dataset):
         return item
 
     def _load(self, record: Record) -> dict[str, Any]:
-        image = read_image(self.manifest.resolve(record.image))
+        image = self.manifest.read_image(record.image)
         if not (self.return_masks or self.return_boxes):
             return {"image": self.transform(image) if self.transform else image}
         height, width = image.shape[-2:]
@@ -171,7 +171,7 @@ class ImageTextDataset(Dataset):
         masks = torch.zeros(len(self.finding_names), *size, dtype=torch.uint8)
         for finding in record.findings:
             if finding.mask and finding.name in self._finding_index:
-                masks[self._finding_index[finding.name]] |= read_mask(self.manifest.resolve(finding.mask), size).to(torch.uint8)
+                masks[self._finding_index[finding.name]] |= self.manifest.read_mask(finding.mask, size).to(torch.uint8)
         return masks
 
     def _boxes(self, record: Record, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:

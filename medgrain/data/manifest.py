@@ -164,6 +164,21 @@ class Manifest:
         p = Path(relative)
         return p if p.is_absolute() else self.root / p
 
+    # Where images and masks come from: files beside the manifest here; members of WebDataset
+    # shards in ``medgrain.data.shards.ShardedManifest``. Datasets read only through these three.
+    def has_file(self, relative: str) -> bool:
+        return self.resolve(relative).is_file()
+
+    def read_image(self, relative: str):
+        from .imageio import read_image
+
+        return read_image(self.resolve(relative))
+
+    def read_mask(self, relative: str, size: tuple[int, int] | None = None):
+        from .imageio import read_mask
+
+        return read_mask(self.resolve(relative), size)
+
     def split(self, name: str) -> list[Record]:
         if name not in SPLITS:
             raise ValueError(f"unknown split '{name}'; expected one of {SPLITS}")

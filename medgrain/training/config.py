@@ -30,7 +30,10 @@ class SyntheticData(_Strict):
 
 
 class DataConfig(_Strict):
-    manifest: Path
+    # Exactly one source of records: a manifest, or a folder of WebDataset shards from `medgrain shard`
+    # (``data.manifest=null data.shards=DIR`` on the command line).
+    manifest: Path | None = None
+    shards: Path | None = None
     train_split: Literal["train", "valid", "test"] = "train"
     valid_split: Literal["train", "valid", "test"] | None = "valid"
     granularities: list[str] | None = None  # default: the manifest's, coarse to fine
@@ -38,6 +41,14 @@ class DataConfig(_Strict):
     num_workers: int = Field(0, ge=0)
     on_error: Literal["raise", "skip"] = "raise"
     synthetic: SyntheticData | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if (self.manifest is None) == (self.shards is None):
+            raise ValueError("set exactly one of data.manifest and data.shards")
+        if self.shards is not None and self.synthetic is not None:
+            raise ValueError("data.synthetic generates a manifest; it does not apply to data.shards")
+        return self
 
 
 class ModelSection(_Strict):

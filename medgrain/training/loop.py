@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data.dataset import Collator, ImageTextDataset, num_samples, take_rows
-from ..data.manifest import read_manifest
+from ..data.manifest import Manifest, read_manifest
 from ..data.transforms import eval_transform, pretrain_transform
 from ..losses.objective import Objective, build_objective
 from ..models import create_model
@@ -89,6 +89,16 @@ def ensure_data(cfg: RunConfig, is_main: bool = True) -> Path:
     return manifest
 
 
+def open_training_data(cfg: RunConfig, is_main: bool = True) -> Manifest:
+    """The records of ``data.manifest`` (generated first where ``data.synthetic`` asks), or of the
+    WebDataset shards in ``data.shards``; both give the same records, read the same way."""
+    if cfg.data.shards is not None:
+        from ..data.shards import read_shards
+
+        return read_shards(cfg.data.shards, on_error=cfg.data.on_error)
+    return read_manifest(ensure_data(cfg, is_main), on_error=cfg.data.on_error)
+
+
 def _seed_everything(seed: int) -> None:
     import random
 
@@ -113,7 +123,7 @@ def _train(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> TrainResult:
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "run.yaml").write_text(cfg.to_yaml())
-    manifest = read_manifest(ensure_data(cfg, env.is_main), on_error=cfg.data.on_error)
+    manifest = open_training_data(cfg, env.is_main)
 
     # Same initialisation on every rank (DDP also broadcasts it); then per-rank streams for dropout.
     _seed_everything(t.seed)
