@@ -1,5 +1,6 @@
 """2 gloo processes with half the batch each give the loss value and the (DDP-averaged) parameter
-gradients of 1 process with the whole batch, for ClipLoss and MGLLLoss; and gather_with_grad's
+gradients of 1 process with the whole batch, for ClipLoss and MGLLLoss, also with absent texts on both
+ranks (``present`` masks); and gather_with_grad's
 gradient is right when the gathered tensor is permuted before use."""
 
 from __future__ import annotations
@@ -28,7 +29,20 @@ CASES = [
     ("mgll_ids_g1", {"alpha_kl": 0.25}, 1, "ids"),
     ("mgll_jaccard_soft_sum", {"cooccurrence": "jaccard", "point_target": "soft", "granularity_reduction": "sum"}, 2, "bool"),
     ("mgll_exact_multi_hot", {"alpha_clip": 1.0, "alpha_point": 0.5}, 2, "float"),
+    # Absent texts on both ranks (see _present): name suffix "+present".
+    ("clip+present", {}, 1, None),
+    ("mgll_ids_g3+present", {}, 3, "ids"),
+    ("mgll_jaccard_soft_sum+present", {"cooccurrence": "jaccard", "point_target": "soft", "granularity_reduction": "sum"}, 3, "bool"),
 ]
+
+
+def _present() -> torch.Tensor:
+    """(G_MAX, N): absent texts on both halves; granularity 2 has a text only on rank 1's half."""
+    present = torch.ones(G_MAX, N, dtype=torch.bool)
+    present[0, [1, 6]] = False
+    present[1, [0, 2, 3, 5]] = False
+    present[2, : N // 2 + 1] = False
+    return present
 
 
 def _model() -> nn.ModuleDict:
@@ -57,11 +71,13 @@ def _loss_and_grads(case, rows: slice):
     image_features = F.normalize(model["image"](images[rows]), dim=-1)
     text_features = [F.normalize(model["text"](texts[g, rows]), dim=-1) for g in range(granularities)]
     scale = model.logit_scale.exp()
-    if name == "clip":
-        out = ClipLoss()(image_features, text_features[0], scale)
+    present = [p[rows] for p in _present()[:granularities]] if name.endswith("+present") else None
+    if name.startswith("clip"):
+        out = ClipLoss()(image_features, text_features[0], scale, present=None if present is None else present[0])
     else:
         labels = {"ids": ids, "bool": multi_hot, "float": multi_hot.float()}[label_kind]
-        out = MGLLLoss(**kwargs)(image_features, text_features, [labels[g, rows] for g in range(granularities)], scale)
+        labels = [labels[g, rows] for g in range(granularities)]
+        out = MGLLLoss(**kwargs)(image_features, text_features, labels, scale, present=present)
     out["loss"].backward()
     values = {k: v.detach() for k, v in out.items()}
     grads = {k: p.grad.detach().clone() for k, p in model.named_parameters()}

@@ -1,5 +1,6 @@
 """2 gloo processes with half the batch each give the loss values, the (DDP-averaged) parameter
-gradients and the Sinkhorn-Knopp codes of 1 process with the whole batch, for MGCA's levels."""
+gradients and the Sinkhorn-Knopp codes of 1 process with the whole batch, for MGCA's levels, also
+with absent reports on both ranks (``present``)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ pytestmark = pytest.mark.distributed
 
 WORLD = 2
 N, M, W, DIM_IMAGE, DIM_TEXT, DIM, K = 8, 5, 6, 5, 7, 4, 6
-CASES = ["ita", "cpa", "mgca"]
+CASES = ["ita", "cpa", "mgca", "mgca+present"]
+# Absent reports on both halves of the batch (rank 0: samples 1, 2; rank 1: sample 6).
+PRESENT = torch.tensor([1, 0, 0, 1, 1, 1, 0, 1], dtype=torch.bool)
 
 
 def _model() -> nn.ModuleDict:
@@ -60,8 +63,11 @@ def _run(case: str, rows: slice):
     else:
         patch_embeddings = F.normalize(model["image"](patches), dim=-1)
         word_embeddings = F.normalize(model["text"](words), dim=-1)
+        present = PRESENT[rows] if case.endswith("+present") else None
+        if present is not None:  # an absent report has no words
+            word_mask = word_mask & present[:, None]
         out = criterion(
-            image, text, patch_embeddings, word_embeddings, word_mask, patch_weights, word_weights
+            image, text, patch_embeddings, word_embeddings, word_mask, patch_weights, word_weights, present=present
         )
     out["loss"].backward()
     values = {k: v.detach() for k, v in out.items()}
@@ -80,10 +86,11 @@ def _on_each_rank():
             dist.all_reduce(t)
             t /= world
         results[case] = (values, grads)
-    codes = sinkhorn_knopp(_batch()[-1][rows], epsilon=0.05, iterations=3)
-    parts = [torch.empty_like(codes) for _ in range(world)]
-    dist.all_gather(parts, codes)
-    results["codes"] = torch.cat(parts)
+    for key, present in (("codes", None), ("codes+present", PRESENT[rows])):
+        codes = sinkhorn_knopp(_batch()[-1][rows], epsilon=0.05, iterations=3, present=present)
+        parts = [torch.empty_like(codes) for _ in range(world)]
+        dist.all_gather(parts, codes)
+        results[key] = torch.cat(parts)
     return results
 
 
@@ -107,8 +114,10 @@ def test_two_ranks_equal_one_process_with_the_whole_batch():
                     rank_grads[k], grads[k], rtol=1e-4, atol=1e-6, msg=f"{case} grad {k}"
                 )
     codes = sinkhorn_knopp(_batch()[-1], epsilon=0.05, iterations=3)
+    present_codes = sinkhorn_knopp(_batch()[-1], epsilon=0.05, iterations=3, present=PRESENT)
     for result in ranks:
         torch.testing.assert_close(result["codes"], codes, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(result["codes+present"], present_codes, rtol=1e-5, atol=1e-7)
     # and the per-rank codes differ from a rank-local Sinkhorn: the global batch mattered
     local = torch.cat([sinkhorn_knopp(s, 0.05, 3) for s in _batch()[-1].chunk(WORLD)])
     assert not torch.allclose(local, codes, atol=1e-3)

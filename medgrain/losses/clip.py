@@ -20,7 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medgrain.losses.distributed import gather_with_grad, is_distributed, local_rows
+from medgrain.losses.distributed import (
+    gather_no_grad,
+    gather_with_grad,
+    is_distributed,
+    local_rows,
+    world_size,
+)
 
 
 def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -72,6 +78,43 @@ def as_logit_scale(logit_scale, dtype: torch.dtype, device: torch.device) -> tor
     raise TypeError(f"logit_scale must be a float or a scalar tensor, got {type(logit_scale).__name__}")
 
 
+def check_present(present, n: int, name: str = "present") -> torch.Tensor:
+    """A bool mask (N,) of the samples whose text is present; errors name the argument."""
+    if not isinstance(present, torch.Tensor) or present.dim() != 1 or present.dtype != torch.bool:
+        raise TypeError(f"{name} must be a 1-D bool tensor (N,), got {_describe(present)}"
+                        + (f" of {present.dtype}" if isinstance(present, torch.Tensor) else ""))
+    if present.shape[0] != n:
+        raise ValueError(f"{name} has {present.shape[0]} entries but the batch has N={n} samples")
+    return present
+
+
+def gather_present(present: torch.Tensor) -> torch.Tensor:
+    """The global batch's presence mask (columns), gathered like the labels (bool as 0/1 floats:
+    not every backend's all_gather carries bool)."""
+    if not is_distributed():
+        return present
+    return gather_no_grad(present.float()) > 0.5
+
+
+def mask_columns(logits: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """Logits whose absent columns get zero probability in any softmax over the last dim.
+
+    The fill is the dtype's lowest finite value, not -inf: a row whose columns are all absent (a
+    granularity with no present text) then gives a finite uniform softmax instead of NaN, so that
+    masking its (unused) value out later leaves a finite gradient."""
+    return logits.masked_fill(~columns, torch.finfo(logits.dtype).min)
+
+
+def present_mean(values: torch.Tensor, rows: torch.Tensor, global_count: torch.Tensor) -> torch.Tensor:
+    """Mean over the present samples of the global batch of per-sample ``values`` (..., n_local).
+
+    This rank sums its present rows and divides by the global count, times the world size: once DDP
+    averages over ranks that is the sum over every present sample divided by their number. 0 where
+    no sample is present."""
+    total = torch.where(rows, values, values.new_zeros(())).sum(dim=-1)
+    return total * world_size() / global_count.clamp_min(1).to(values.dtype)
+
+
 def pairwise_logits(
     image_features: torch.Tensor,
     text_features: torch.Tensor,
@@ -93,11 +136,17 @@ def pairwise_logits(
 class ClipLoss(nn.Module):
     """CLIP's loss: the mean of image→text and text→image cross-entropy, the matching pair as target.
 
-    ``forward(image_features (N, D), text_features (N, D), logit_scale) -> {"loss": scalar}``.
+    ``forward(image_features (N, D), text_features (N, D), logit_scale, present=None) -> {"loss": scalar}``.
+
+    ``present`` (bool (N,), None for all) restricts the loss to the samples that have the text: rows
+    and columns of absent samples leave every softmax and the mean. With no present sample the loss
+    is 0 (with a graph), never NaN.
     """
 
-    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale) -> dict:
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale, present=None) -> dict:
         check_features(image_features, text_features)
+        if present is not None:
+            return self._forward_present(image_features, text_features, logit_scale, present)
         dtype = compute_dtype(image_features, text_features)
         device = image_features.device
         with no_autocast(device):
@@ -108,4 +157,21 @@ class ClipLoss(nn.Module):
             # Sample i's pair sits at column rank * n_local + i of the global batch.
             targets = local_rows(image_features.shape[0], device=device)
             loss = 0.5 * (F.cross_entropy(logits_per_image, targets) + F.cross_entropy(logits_per_text, targets))
+        return {"loss": loss}
+
+    def _forward_present(self, image_features, text_features, logit_scale, present) -> dict:
+        present = check_present(present, image_features.shape[0]).to(image_features.device)
+        dtype = compute_dtype(image_features, text_features)
+        device = image_features.device
+        with no_autocast(device):
+            scale = as_logit_scale(logit_scale, dtype, device)
+            logits_per_image, logits_per_text = pairwise_logits(
+                image_features.to(dtype), text_features.to(dtype), scale
+            )
+            columns = gather_present(present)
+            count = columns.sum()
+            targets = local_rows(image_features.shape[0], device=device)
+            image_to_text = F.cross_entropy(mask_columns(logits_per_image, columns), targets, reduction="none")
+            text_to_image = F.cross_entropy(mask_columns(logits_per_text, columns), targets, reduction="none")
+            loss = 0.5 * present_mean(image_to_text + text_to_image, present, count)
         return {"loss": loss}

@@ -16,6 +16,9 @@ Deviations from the released code, all recommended in research/mgca.md section 7
   are twice ours: use ``lambda_ita=2, lambda_tca=2`` to match the code's effective weights);
 - under torchrun ITA's negatives and Sinkhorn's batch are global (the code is per GPU).
 
+A report may be absent (``present``, bool (N,)): every level then runs over the samples that have one
+(globally under torchrun) and gives exactly what it gives on that sub-batch, by masking, not gathering.
+
 Everything is computed in float32 (float64 inputs stay float64) with autocast off, so bf16
 callers get fp32 losses and Sinkhorn's exp(score / 0.05) never meets a half-precision range.
 """
@@ -29,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medgrain.losses.clip import check_present, gather_present, mask_columns, present_mean
 from medgrain.losses.distributed import (
     all_reduce_sum,
     gather_no_grad,
@@ -138,7 +142,7 @@ def token_weights_from_attention(
 
 @_full_precision
 def instance_alignment_loss(
-    image: torch.Tensor, text: torch.Tensor, temperature: float = 0.07
+    image: torch.Tensor, text: torch.Tensor, temperature: float = 0.07, present: torch.Tensor | None = None
 ) -> torch.Tensor:
     """ITA: symmetric InfoNCE between global embeddings, the diagonal as the positives.
 
@@ -147,7 +151,8 @@ def instance_alignment_loss(
 
     Under torchrun each rank's rows are its own samples and the columns the global batch, gathered
     with gradients (open_clip's ``local_loss``); with DDP averaging, W ranks with N/W pairs each
-    give the gradients of one process with all N pairs.
+    give the gradients of one process with all N pairs. ``present`` (bool (N,)) keeps the pairs that
+    have a report: the others leave every softmax and the mean (0 when none has one).
     """
     if image.dim() != 2 or image.shape != text.shape:
         raise ValueError(
@@ -159,7 +164,14 @@ def instance_alignment_loss(
     targets = local_rows(image.shape[0], device=image.device)
     image_to_text = image @ all_text.T / temperature
     text_to_image = text @ all_image.T / temperature
-    return 0.5 * (F.cross_entropy(image_to_text, targets) + F.cross_entropy(text_to_image, targets))
+    if present is None:
+        return 0.5 * (F.cross_entropy(image_to_text, targets) + F.cross_entropy(text_to_image, targets))
+    present = check_present(present, image.shape[0]).to(image.device)
+    columns = gather_present(present)
+    per_pair = F.cross_entropy(mask_columns(image_to_text, columns), targets, reduction="none") + F.cross_entropy(
+        mask_columns(text_to_image, columns), targets, reduction="none"
+    )
+    return 0.5 * present_mean(per_pair, present, columns.sum())
 
 
 # ----------------------------------------------------------------------------- token level
@@ -229,6 +241,7 @@ def token_alignment_loss(
     temperature: float = 0.1,
     attention_temperature: float = 0.1,
     cross_attention: tuple[nn.Module, nn.Module] | None = None,
+    present: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """TCA: token-wise alignment within each image-report pair.
 
@@ -250,6 +263,8 @@ def token_alignment_loss(
         cross_attention: optional (word_to_patch, patch_to_word) ``nn.MultiheadAttention`` layers
             (batch_first) replacing the parameter-free attention; ``attention_temperature`` is then
             unused (the layers scale by 1/√d themselves).
+        present: optional (N,) bool, the pairs that have a report: the mean runs over them (globally
+            under torchrun; 0 when none has one), and an absent pair's words and masks are not read.
 
     Returns:
         scalar loss.
@@ -271,6 +286,13 @@ def token_alignment_loss(
         if tuple(tensor.shape) != shape:
             raise ValueError(f"{name} must have shape {shape}, got {tuple(tensor.shape)}")
     word_mask = word_mask.to(device=words.device, dtype=torch.bool)
+    if present is not None:
+        present = check_present(present, n).to(words.device)
+        # An absent report has no words: one placeholder slot keeps its (discarded) softmaxes finite.
+        first_slot = torch.zeros_like(word_mask)
+        first_slot[:, 0] = True
+        word_mask = torch.where(present[:, None], word_mask, first_slot)
+        word_weights = torch.where(present[:, None], word_weights, first_slot.to(word_weights.dtype))
     empty = ~word_mask.any(dim=1)
     if empty.any():
         raise ValueError(f"samples {empty.nonzero().flatten().tolist()} have no valid word in word_mask")
@@ -291,23 +313,31 @@ def token_alignment_loss(
 
     word_loss = _weighted_contrast(words, word_contexts, word_mask, word_weights, temperature)
     patch_loss = _weighted_contrast(patches, patch_contexts, None, patch_weights, temperature)
-    return (0.5 * (word_loss + patch_loss)).mean()
+    if present is None:
+        return (0.5 * (word_loss + patch_loss)).mean()
+    return present_mean(0.5 * (word_loss + patch_loss), present, gather_present(present).sum())
 
 
 # ----------------------------------------------------------------------------- prototype level
 
 
-def _logsumexp_over_samples(log_q: torch.Tensor) -> torch.Tensor:
-    """logsumexp over dim 1 (samples) of a (K, N_local) tensor, the sum running over all ranks: (K, 1)."""
+def _logsumexp_over_samples(log_q: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
+    """logsumexp over dim 1 (samples) of a (K, N_local) tensor, the sum running over all ranks and over
+    the ``present`` samples only (at least one somewhere): (K, 1)."""
+    if present is not None:
+        log_q = log_q.masked_fill(~present[None, :], float("-inf"))
     if not is_distributed():
         return log_q.logsumexp(dim=1, keepdim=True)
     shift = gather_no_grad(log_q.amax(dim=1).unsqueeze(0)).amax(dim=0, keepdim=True).T  # (K, 1)
+    # A rank without present samples has -inf maxima; the global maximum is finite (one is present).
     total = all_reduce_sum((log_q - shift).exp().sum(dim=1, keepdim=True))
     return shift + total.log()
 
 
 @torch.no_grad()
-def sinkhorn_knopp(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3) -> torch.Tensor:
+def sinkhorn_knopp(
+    scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3, present: torch.Tensor | None = None
+) -> torch.Tensor:
     """SwAV's equipartition Sinkhorn-Knopp: soft codes whose prototypes share the batch evenly.
 
     Q = exp(scores / ε)ᵀ (K, N) divided by its sum; each iteration scales the rows (prototypes) to
@@ -320,24 +350,33 @@ def sinkhorn_knopp(scores: torch.Tensor, epsilon: float = 0.05, iterations: int 
 
     Args:
         scores: (N, K) sample-prototype scores.
+        present: optional (N,) bool: the codes are those of the present samples alone (N their global
+            number); absent samples get all-zero codes, as does everyone when none is present.
 
     Returns:
-        (N, K) codes, each row summing to 1.
+        (N, K) codes, each row summing to 1 (0 for absent samples).
     """
     if scores.dim() != 2:
         raise ValueError(f"scores must be (N, K), got shape {tuple(scores.shape)}")
     if iterations < 0:
         raise ValueError(f"iterations must be >= 0, got {iterations}")
     num_prototypes = scores.shape[1]
-    num_samples = scores.shape[0] * world_size()  # equal per-rank batches, as gathering assumes
+    if present is None:
+        num_samples = scores.shape[0] * world_size()  # equal per-rank batches, as gathering assumes
+    else:
+        present = check_present(present, scores.shape[0]).to(scores.device)
+        num_samples = int(gather_present(present).sum())
+        if num_samples == 0:
+            return torch.zeros_like(scores, dtype=_compute_dtype(scores))
     log_q = scores.detach().to(_compute_dtype(scores)).T / epsilon  # (K, N)
     # Q / sum(Q) is left out: the first row scaling (or, with no iteration, the final column
     # scaling) cancels any global factor exactly, and on a GPU each step costs kernel launches.
     for _ in range(iterations):
-        log_q = log_q - (_logsumexp_over_samples(log_q) + math.log(num_prototypes))
+        log_q = log_q - (_logsumexp_over_samples(log_q, present) + math.log(num_prototypes))
         log_q = log_q - (log_q.logsumexp(dim=0, keepdim=True) + math.log(num_samples))
     log_q = log_q - log_q.logsumexp(dim=0, keepdim=True)
-    return log_q.exp().T
+    codes = log_q.exp().T
+    return codes if present is None else codes.masked_fill(~present[:, None], 0.0)
 
 
 @_full_precision
@@ -348,6 +387,7 @@ def prototype_alignment_loss(
     temperature: float = 0.2,
     epsilon: float = 0.05,
     iterations: int = 3,
+    present: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """CPA: each modality predicts the other's Sinkhorn-Knopp code over shared prototypes.
 
@@ -357,6 +397,8 @@ def prototype_alignment_loss(
     Args:
         image, text: (N, d) L2-normalised global embeddings.
         prototypes: (K, d), normalised here (with gradient).
+        present: optional (N,) bool, the pairs that have a report: codes and means over them alone
+            (globally under torchrun; 0 when none has one).
     """
     if image.dim() != 2 or image.shape != text.shape:
         raise ValueError(
@@ -364,15 +406,21 @@ def prototype_alignment_loss(
         )
     if prototypes.dim() != 2 or prototypes.shape[1] != image.shape[1]:
         raise ValueError(f"prototypes must be (K, {image.shape[1]}), got {tuple(prototypes.shape)}")
+    if present is not None:
+        present = check_present(present, image.shape[0]).to(image.device)
     dtype = _compute_dtype(image, text, prototypes)
     prototypes = F.normalize(prototypes.to(dtype), dim=1)
     image_scores = image.to(dtype) @ prototypes.T
     text_scores = text.to(dtype) @ prototypes.T
-    image_codes = sinkhorn_knopp(image_scores, epsilon, iterations)
-    text_codes = sinkhorn_knopp(text_scores, epsilon, iterations)
-    text_predicts_image = -(image_codes * (text_scores / temperature).log_softmax(dim=1)).sum(dim=1).mean()
-    image_predicts_text = -(text_codes * (image_scores / temperature).log_softmax(dim=1)).sum(dim=1).mean()
-    return 0.5 * (text_predicts_image + image_predicts_text)
+    image_codes = sinkhorn_knopp(image_scores, epsilon, iterations, present)
+    text_codes = sinkhorn_knopp(text_scores, epsilon, iterations, present)
+    text_predicts_image = -(image_codes * (text_scores / temperature).log_softmax(dim=1)).sum(dim=1)
+    image_predicts_text = -(text_codes * (image_scores / temperature).log_softmax(dim=1)).sum(dim=1)
+    if present is None:
+        return 0.5 * (text_predicts_image.mean() + image_predicts_text.mean())
+    # Absent samples have zero codes, so their terms are already 0; the mean is over the present ones.
+    count = gather_present(present).sum()
+    return 0.5 * (present_mean(text_predicts_image, present, count) + present_mean(image_predicts_text, present, count))
 
 
 # ----------------------------------------------------------------------------- the objective
@@ -381,9 +429,12 @@ def prototype_alignment_loss(
 class MGCALoss(nn.Module):
     """L = λ_ita·ITA + λ_tca·TCA + λ_cpa·CPA, owning the prototypes (and the optional attention).
 
-    Call as ``loss(image_global, text_global, patches, words, word_mask, patch_weights, word_weights)``
-    with L2-normalised embeddings (``DualEncoder.image_tokens`` / ``text_tokens``) and weights from
-    ``token_weights_from_attention``; returns ``{"loss", "ita", "tca", "cpa"}`` (parts unweighted).
+    Call as ``loss(image_global, text_global, patches, words, word_mask, patch_weights, word_weights,
+    present=None)`` with L2-normalised embeddings (``DualEncoder.image_tokens`` / ``text_tokens``) and
+    weights from ``token_weights_from_attention``; returns ``{"loss", "ita", "tca", "cpa"}`` (parts
+    unweighted). With ``present`` (bool (N,), the samples that have a report) every level runs over
+    those samples alone, and the result also holds ``reports``: their number in the global batch. A
+    batch without any report gives 0 for every term (never NaN) and ``reports`` = 0 says so.
 
     Prototype freezing (MGCA freezes them for the first epoch): ``set_epoch(epoch)`` at the start of
     every epoch, then ``drop_frozen_prototype_grad_()`` after ``backward()`` and before gradient
@@ -464,12 +515,13 @@ class MGCALoss(nn.Module):
         word_mask: torch.Tensor,
         patch_weights: torch.Tensor,
         word_weights: torch.Tensor,
+        present: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         self.normalize_prototypes_()
         cross_attention = None
         if self.word_to_patch_attention is not None:
             cross_attention = (self.word_to_patch_attention, self.patch_to_word_attention)
-        ita = instance_alignment_loss(image_global, text_global, self.ita_temperature)
+        ita = instance_alignment_loss(image_global, text_global, self.ita_temperature, present=present)
         tca = token_alignment_loss(
             patches,
             words,
@@ -479,6 +531,7 @@ class MGCALoss(nn.Module):
             temperature=self.tca_temperature,
             attention_temperature=self.attention_temperature,
             cross_attention=cross_attention,
+            present=present,
         )
         cpa = prototype_alignment_loss(
             image_global,
@@ -487,9 +540,13 @@ class MGCALoss(nn.Module):
             temperature=self.cpa_temperature,
             epsilon=self.epsilon,
             iterations=self.sinkhorn_iterations,
+            present=present,
         )
         loss = self.lambda_ita * ita + self.lambda_tca * tca + self.lambda_cpa * cpa
-        return {"loss": loss, "ita": ita, "tca": tca, "cpa": cpa}
+        out = {"loss": loss, "ita": ita, "tca": tca, "cpa": cpa}
+        if present is not None:
+            out["reports"] = gather_present(present.to(image_global.device)).sum().to(loss.dtype)
+        return out
 
     def extra_repr(self) -> str:
         return (

@@ -14,6 +14,13 @@ never dropped. The original code fed raw logits into it and skipped it whenever 
 mostly off. Here a non-finite value is returned as it is, whatever its term: the trainer's guard is
 the one place that counts and handles it.
 
+A text may be absent (``present``, one bool mask (N,) per granularity). With P_g the samples present
+at granularity g, clip_g and point_g are the formulas above restricted to P_g × P_g (softmaxes over
+P_g, W_g row-normalised on P_g, means over P_g); a granularity with no present sample is left out of
+the reduction over granularities; the KL runs over every image row, across the granularities with a
+present sample, each P_g[i] a softmax over the columns present at all of them (0 when fewer than two
+granularities take part or no column is common). Everything is masking, one batched op per term.
+
 Under torch.distributed, rows are this rank's samples and columns the global batch (features gathered
 with gradients, labels without), so after DDP averages gradients W processes match one process with
 the whole batch.
@@ -28,7 +35,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medgrain.losses.clip import as_logit_scale, check_features, compute_dtype, no_autocast
+from medgrain.losses.clip import (
+    as_logit_scale,
+    check_features,
+    check_present,
+    compute_dtype,
+    gather_present,
+    mask_columns,
+    no_autocast,
+    present_mean,
+)
 from medgrain.losses.distributed import gather_no_grad, gather_with_grad, is_distributed
 
 COOCCURRENCE_MODES = ("exact", "jaccard")
@@ -121,6 +137,26 @@ def smooth_kl(log_probs: torch.Tensor) -> torch.Tensor:
     return (log_probs.exp() * (log_probs - log_m)).sum(dim=(0, 2)).mean()
 
 
+def smooth_kl_present(logits: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """``smooth_kl`` with absent texts: logits (G, n, N), columns (G, N) bool (global presence).
+
+    The granularities that take part are those with a present text anywhere in the global batch; each
+    row's distributions run over the columns present at all of them. 0 when fewer than two take part or
+    no column is common. Masks throughout (no gathers), so absent entries get exactly zero weight and a
+    finite zero gradient."""
+    taking_part = columns.any(dim=1)  # (G,)
+    num_part = taking_part.sum()
+    common = (columns | ~taking_part[:, None]).all(dim=0)  # (N,)
+    log_p = F.log_softmax(mask_columns(logits, common), dim=-1)
+    fill = torch.finfo(log_p.dtype).min
+    log_m = torch.logsumexp(log_p.masked_fill(~taking_part[:, None, None], fill), dim=0)
+    log_m = log_m - num_part.clamp_min(1).to(log_p.dtype).log()
+    kept = taking_part[:, None, None] & common[None, None, :]
+    terms = torch.where(kept, log_p.exp() * (log_p - log_m), log_p.new_zeros(()))
+    kl = terms.sum(dim=(0, 2)).mean()
+    return torch.where((num_part >= 2) & common.any(), kl, kl.new_zeros(()))
+
+
 def _check_alpha(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -137,7 +173,7 @@ class MGLLLoss(nn.Module):
     """MGLL's objective over G >= 1 granularities.
 
     ``forward(image_features (N, D), text_features [G × (N, D)], labels [G × (N,) ids or (N, C)
-    multi-hot], logit_scale)`` returns a dict: ``loss`` and the unweighted parts ``clip``, ``point``,
+    multi-hot], logit_scale, present=None)`` returns a dict: ``loss`` and the unweighted parts ``clip``, ``point``,
     ``kl`` and per granularity ``clip_<g>``, ``point_<g>`` (g = 0..G-1, in the order given). The parts
     keep their graph, so a composite objective may reweight them.
 
@@ -147,6 +183,11 @@ class MGLLLoss(nn.Module):
     ``granularity_reduction`` ``mean`` or ``sum`` (the original code sums) combines clip_g and point_g.
     The KL is always summed over granularities (the paper's Σ_g) and is 0 for G = 1.
     Non-finite values are returned as they are (see the module's docstring).
+
+    ``present`` is None (every text present: the unmasked path) or G bool tensors (N,); rows of absent
+    texts in ``text_features`` and ``labels`` are ignored, whatever finite values they hold. A
+    granularity with no present sample reports ``clip_<g>`` = ``point_<g>`` = 0 and is left out of
+    ``clip`` and ``point``.
     """
 
     def __init__(
@@ -203,9 +244,21 @@ class MGLLLoss(nn.Module):
                 )
         return list(text_features), list(labels)
 
-    def forward(self, image_features: torch.Tensor, text_features, labels, logit_scale) -> dict:
+    def _check_present(self, present, num_g: int, n: int, device) -> torch.Tensor | None:
+        """None, or the (n, G) bool mask of this rank's present texts."""
+        if present is None:
+            return None
+        if not isinstance(present, (list, tuple)) or len(present) != num_g:
+            raise TypeError(
+                f"present must be None or a list of {num_g} bool tensors (N,), one per granularity, got "
+                f"{type(present).__name__}" + (f" of length {len(present)}" if isinstance(present, (list, tuple)) else "")
+            )
+        return torch.stack([check_present(p, n, f"present[{g}]").to(device) for g, p in enumerate(present)], dim=1)
+
+    def forward(self, image_features: torch.Tensor, text_features, labels, logit_scale, present=None) -> dict:
         text_features, labels = self._check_inputs(image_features, text_features, labels)
         num_g = len(text_features)
+        present = self._check_present(present, num_g, image_features.shape[0], image_features.device)
         dtype = compute_dtype(image_features, *text_features)
         device = image_features.device
         with no_autocast(device):
@@ -227,25 +280,56 @@ class MGLLLoss(nn.Module):
                 logits_per_text = logits_per_image.transpose(1, 2)
 
             cooc = torch.stack([self._cooccurrence(lab.to(device)) for lab in labels]).to(dtype)  # (G, n, N)
-            # The diagonal (a sample with itself) is 1 in both modes, so no row sum is 0.
-            soft = cooc / cooc.sum(dim=-1, keepdim=True)
-            # W_g is indexed by (this rank's sample, global sample) in both directions: the target of
-            # image i over all texts is W_g[i, ·], that of text j over all images W_g[j, ·].
-            log_p = F.log_softmax(logits_per_image, dim=-1)
-            image_to_text = -(soft * log_p).sum(dim=-1).mean(dim=-1)
-            text_to_image = -(soft * F.log_softmax(logits_per_text, dim=-1)).sum(dim=-1).mean(dim=-1)
-            clip_g = 0.5 * (image_to_text + text_to_image)  # (G,)
-            target = cooc if self.point_target == "cooccurrence" else soft
-            point_g = F.binary_cross_entropy_with_logits(logits_per_image, target, reduction="none").mean(dim=(1, 2))
-
-            reduce = torch.mean if self.granularity_reduction == "mean" else torch.sum
-            clip, point = reduce(clip_g), reduce(point_g)
-            kl = smooth_kl(log_p)
+            if present is None:
+                clip_g, point_g, kl = self._terms(logits_per_image, logits_per_text, cooc)
+                reduce = torch.mean if self.granularity_reduction == "mean" else torch.sum
+                clip, point = reduce(clip_g), reduce(point_g)
+            else:
+                rows, columns = present.T, gather_present(present).T  # (G, n), (G, N)
+                clip_g, point_g = self._terms_present(logits_per_image, logits_per_text, cooc, rows, columns)
+                # clip_g and point_g are 0 at a granularity with no present sample: sums skip it as they are.
+                clip, point = clip_g.sum(), point_g.sum()
+                if self.granularity_reduction == "mean":
+                    taking_part = columns.any(dim=1).sum().clamp_min(1).to(dtype)
+                    clip, point = clip / taking_part, point / taking_part
+                kl = smooth_kl_present(logits_per_image, columns)
             loss = self.alpha_clip * clip + self.alpha_point * point + self.alpha_kl * kl
         out = {"loss": loss, "clip": clip, "point": point, "kl": kl}
         for g in range(num_g):
             out[f"clip_{g}"], out[f"point_{g}"] = clip_g[g], point_g[g]
         return out
+
+    def _terms(self, logits_per_image, logits_per_text, cooc):
+        """(clip_g (G,), point_g (G,), kl) with every text present."""
+        # The diagonal (a sample with itself) is 1 in both modes, so no row sum is 0.
+        soft = cooc / cooc.sum(dim=-1, keepdim=True)
+        # W_g is indexed by (this rank's sample, global sample) in both directions: the target of
+        # image i over all texts is W_g[i, ·], that of text j over all images W_g[j, ·].
+        log_p = F.log_softmax(logits_per_image, dim=-1)
+        image_to_text = -(soft * log_p).sum(dim=-1).mean(dim=-1)
+        text_to_image = -(soft * F.log_softmax(logits_per_text, dim=-1)).sum(dim=-1).mean(dim=-1)
+        clip_g = 0.5 * (image_to_text + text_to_image)  # (G,)
+        target = cooc if self.point_target == "cooccurrence" else soft
+        point_g = F.binary_cross_entropy_with_logits(logits_per_image, target, reduction="none").mean(dim=(1, 2))
+        return clip_g, point_g, smooth_kl(log_p)
+
+    def _terms_present(self, logits_per_image, logits_per_text, cooc, rows, columns):
+        """(clip_g, point_g), each (G,), restricted to P_g × P_g by masks (rows (G, n), columns (G, N))."""
+        count = columns.sum(dim=1)  # (G,) |P_g| over the global batch
+        cooc = cooc * columns[:, None, :]
+        # A present row keeps its own (present) column, so its sum is >= 1; an absent row's may be 0.
+        row_sum = cooc.sum(dim=-1, keepdim=True)
+        soft = cooc / torch.where(row_sum > 0, row_sum, torch.ones_like(row_sum))
+        # Absent columns get zero probability; their soft target is 0, so the product is 0 there too.
+        cols = columns[:, None, :]
+        image_to_text = -(soft * F.log_softmax(mask_columns(logits_per_image, cols), dim=-1)).sum(dim=-1)
+        text_to_image = -(soft * F.log_softmax(mask_columns(logits_per_text, cols), dim=-1)).sum(dim=-1)
+        clip_g = 0.5 * present_mean(image_to_text + text_to_image, rows, count)
+        target = cooc if self.point_target == "cooccurrence" else soft
+        bce = F.binary_cross_entropy_with_logits(logits_per_image, target, reduction="none")
+        bce = torch.where(cols, bce, bce.new_zeros(())).sum(dim=-1)  # (G, n)
+        point_g = present_mean(bce, rows, count) / count.clamp_min(1).to(bce.dtype)
+        return clip_g, point_g
 
     def _cooccurrence(self, labels: torch.Tensor) -> torch.Tensor:
         """This rank's samples (rows) against the global batch (columns)."""
