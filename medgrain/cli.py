@@ -61,6 +61,10 @@ def _add_prepare(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="manifest.jsonl to write")
     opt = dict(default=SUPPRESS)
     p.add_argument("--seed", type=int, **opt, help="seed of the patient-level split")
+    p.add_argument("--splits", type=Path, **opt,
+                   help="a published split instead of a drawn one: a folder of BenchX list files "
+                        "(train.txt, train_1.txt, train_10.txt, val.txt, test.txt), a CSV with an id and a split "
+                        "column (GLoRIA/MGCA), or one list file such as MRM's test_list.txt")
     p.add_argument("--on-error", choices=["raise", "skip"], **opt, help="skip (and count) bad records")
     p.add_argument("--exclude", nargs="+", type=Path, **opt,
                    help="drop images that also appear in these manifests (perceptual hash)")

@@ -12,6 +12,10 @@ and one negative record are taken first if the split has them and the draw lacks
 rest is filled uniformly at random. A tiny fraction can therefore hold a few more than ``n``
 records; without the rule a 1% draw of a rare finding often has no positive at all and its
 AUROC is undefined.
+
+A *published* fraction (BenchX's ``train_1.txt``, written by ``medgrain prepare --splits``) lives in
+``<manifest dir>/fractions/<split>_<fraction>_published.txt`` and is used for every seed instead of a
+draw: the point of a published subset is that every paper trains on the same records.
 """
 
 from __future__ import annotations
@@ -36,6 +40,19 @@ def fraction_path(manifest: Manifest, split: str, fraction: float, seed: int,
                   directory: str | Path | None = None) -> Path:
     directory = Path(directory) if directory is not None else manifest.root / "fractions"
     return directory / f"{split}_{fraction:g}_seed{seed}.txt"
+
+
+def published_fraction_path(manifest_path: str | Path, split: str, fraction: float) -> Path:
+    return Path(manifest_path).parent / "fractions" / f"{split}_{fraction:g}_published.txt"
+
+
+def write_published_fraction(manifest_path: str | Path, split: str, fraction: float, ids: list[str],
+                             origin: str) -> Path:
+    """Keep a published label fraction next to the manifest, for every later run and seed."""
+    path = published_fraction_path(manifest_path, split, fraction)
+    _write_ids(path, ids, f"{fraction_name(fraction)} of split '{split}' ({len(ids)} records), {origin}; "
+                          "used for every seed")
+    return path
 
 
 def draw_fraction(ids: list[str], labels: np.ndarray, fraction: float, seed: int) -> list[str]:
@@ -71,6 +88,9 @@ def load_or_draw_fraction(manifest: Manifest, split: str, fraction: float, seed:
     ids = [r.id for r in records]
     if fraction == 1:
         return ids
+    published = published_fraction_path(manifest.path, split, fraction)
+    if published.is_file():
+        return _read_ids(published, set(ids), split)
     path = fraction_path(manifest, split, fraction, seed, directory)
     if path.is_file():
         return _read_ids(path, set(ids), split)

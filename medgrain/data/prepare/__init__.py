@@ -52,14 +52,21 @@ def options(name: str) -> dict[str, Any]:
             if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
-def prepare(name: str, root: str | Path | None, out: str | Path, **opts: Any) -> PrepareResult:
+def prepare(name: str, root: str | Path | None, out: str | Path, *, splits: str | Path | None = None,
+            **opts: Any) -> PrepareResult:
     """Prepare dataset ``name`` from ``root`` into the manifest ``out``; an option the dataset does not
-    take is an error, not ignored."""
+    take is an error, not ignored. ``splits``: a published split (list-file folder, split CSV or MRM's
+    list file, see ``medgrain.data.prepare.splits``) replaces the drawn one."""
     accepted = options(name)
     unknown = sorted(set(opts) - set(accepted))
     if unknown:
         raise ValueError(f"{name} does not take {unknown}; its options are {sorted(accepted)}")
-    return preparer(name)(root, out, **opts)
+    result = preparer(name)(root, out, **opts)
+    if splits is not None:
+        from .splits import apply_published_split
+
+        result = apply_published_split(result, splits, opts.get("on_error", "raise"))
+    return result
 
 
 __all__ = ["PREPARERS", "PrepareError", "PrepareResult", "options", "prepare", "preparer", "prepare_chestxray14",
