@@ -74,6 +74,9 @@ def test_manifest_validates_and_files_match(generated):
             assert mask.shape == (64, 64) and set(np.unique(mask)) <= {0, 255} and mask.any()
             ys, xs = np.nonzero(mask)
             assert f.box == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+            # the grounding phrase is the finding's own sentence of the description, word for word
+            assert f.phrase and f.phrase in r.texts["description"]
+        assert len({f.phrase for f in r.findings}) == len(r.findings)
 
 
 def test_splits_by_patient(generated):

@@ -46,6 +46,7 @@ class Finding(BaseModel):
     severity: str | None = None
     mask: str | None = None  # PNG path relative to the manifest, same size as the image
     box: tuple[float, float, float, float] | None = None  # [x0, y0, x1, y1] in pixels
+    phrase: str | None = None  # the text that names this finding here (MS-CXR's label_text), for grounding
 
     @field_validator("name")
     @classmethod
@@ -56,6 +57,11 @@ class Finding(BaseModel):
     @classmethod
     def _mask(cls, v: str | None) -> str | None:
         return None if v is None else _non_empty(v, "mask path")
+
+    @field_validator("phrase")
+    @classmethod
+    def _phrase(cls, v: str | None) -> str | None:
+        return None if v is None else _non_empty(v, "finding phrase")
 
     @field_validator("box", mode="before")
     @classmethod

@@ -422,12 +422,14 @@ def make_record(task: Task) -> Record:
     image = f"images/{task.record_id}.png"
     save_png(out / image, rendering.image)
     findings = []
+    phrases = module.phrases(study)
     for f in study.findings:
         mask_path = f"masks/{task.record_id}_{slug(f.name)}.png"
         mask = rendering.masks[f.name]
         save_png(out / mask_path, mask.astype(np.uint8) * 255)
         findings.append(
-            Finding(name=f.name, location=f.location, severity=f.severity, mask=mask_path, box=box_of(mask))
+            Finding(name=f.name, location=f.location, severity=f.severity, mask=mask_path, box=box_of(mask),
+                    phrase=phrases[f.name])
         )
     texts, report = module.write_texts(study)
     meta = {"seed": task.seed, "index": task.index, "visit": task.visit, "size": task.size,

@@ -45,7 +45,7 @@ FINDINGS = (
     "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Fracture",
     "Mass", "Nodule", "Pleural Effusion", "Pneumothorax", "Support Devices",
 )
-__all__ = ["DOMAIN", "FINDINGS", "GRANULARITIES", "sample_study", "render", "write_texts"]
+__all__ = ["DOMAIN", "FINDINGS", "GRANULARITIES", "phrases", "sample_study", "render", "write_texts"]
 
 GRADES = ("mild", "moderate", "severe")
 SIZES = ("small", "moderate", "large")
@@ -495,3 +495,8 @@ def _enlargement(f: FindingSpec | None) -> float:
 def write_texts(study: Study) -> tuple[dict[str, str], str]:
     """Texts at every granularity (coarse to fine) and the report; see ``cxr_text``."""
     return cxr_text.write(study)
+
+
+def phrases(study: Study) -> dict[str, str]:
+    """Each finding's sentence of the description (its grounding phrase); see ``cxr_text``."""
+    return cxr_text.phrases(study)

@@ -231,6 +231,14 @@ def _negatives(rng, study: Study) -> list[str]:
     return [said[i] for i in rng.permutation(len(said))]
 
 
+def phrases(study: Study) -> dict[str, str]:
+    """Each finding's sentence of the description, its grounding phrase: the same draws as ``write``
+    makes first, so the phrase is word for word the sentence in the description."""
+    rng = np.random.default_rng(study.text_seed)
+    order = rng.permutation(len(study.findings))
+    return {study.findings[i].name: SENTENCES[study.findings[i].name](rng, study.findings[i]) for i in order}
+
+
 def write(study: Study) -> tuple[dict[str, str], str]:
     rng = np.random.default_rng(study.text_seed)
     labels = study.labels

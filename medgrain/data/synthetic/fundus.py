@@ -41,7 +41,7 @@ DOMAIN = "fundus"
 FINDINGS = (
     "Age-related Macular Degeneration", "Diabetic Macular Edema", "Diabetic Retinopathy", "Glaucoma", "Pathologic Myopia",
 )
-__all__ = ["DOMAIN", "FINDINGS", "GRANULARITIES", "sample_study", "render", "write_texts"]
+__all__ = ["DOMAIN", "FINDINGS", "GRANULARITIES", "phrases", "sample_study", "render", "write_texts"]
 
 DR_GRADES = ("mild non-proliferative", "moderate non-proliferative", "severe non-proliferative", "proliferative")
 GRADES = ("mild", "moderate", "severe")
@@ -431,3 +431,8 @@ def _myopic_fundus(fr: Frame, an, f: FindingSpec, size: int) -> np.ndarray:
 def write_texts(study: Study) -> tuple[dict[str, str], str]:
     """Texts at every granularity (coarse to fine) and the report; see ``fundus_text``."""
     return fundus_text.write(study)
+
+
+def phrases(study: Study) -> dict[str, str]:
+    """Each finding's sentence of the description (its grounding phrase); see ``fundus_text``."""
+    return fundus_text.phrases(study)

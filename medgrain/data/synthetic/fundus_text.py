@@ -148,6 +148,14 @@ def _positives(rng, study: Study) -> list[str]:
     return [SENTENCES[f.name](rng, f) for f in (study.findings[i] for i in rng.permutation(len(study.findings)))]
 
 
+def phrases(study: Study) -> dict[str, str]:
+    """Each finding's sentence of the description, its grounding phrase: the same draws as ``write``
+    makes first, so the phrase is word for word the sentence in the description."""
+    rng = np.random.default_rng(study.text_seed)
+    order = rng.permutation(len(study.findings))
+    return {study.findings[i].name: SENTENCES[study.findings[i].name](rng, study.findings[i]) for i in order}
+
+
 def write(study: Study) -> tuple[dict[str, str], str]:
     rng = np.random.default_rng(study.text_seed)
     labels = study.labels
