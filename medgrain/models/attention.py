@@ -26,15 +26,20 @@ def cls_attention_probs(
     key_mask: torch.Tensor | None = None,
     q_norm: nn.Module | None = None,
     k_norm: nn.Module | None = None,
+    query_index: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Softmax attention of position 0 to every position, averaged over heads: (N, L), 0 where ``key_mask``
     (N, L) is False.
+
+    ``query_index`` (N,) takes the query from another position per row: a causal text transformer
+    (CLIP's) pools its end-of-text token, which is the one that has seen the whole text.
 
     ``x`` (N, L, D) is the input of the attention layer; ``q_norm``/``k_norm`` act per head on the last dim.
     """
     n, length, _ = x.shape
     head_dim = q_weight.shape[0] // num_heads
-    q = F.linear(x[:, :1], q_weight, q_bias).view(n, 1, num_heads, head_dim).transpose(1, 2)
+    query = x[:, :1] if query_index is None else x[torch.arange(n, device=x.device), query_index][:, None]
+    q = F.linear(query, q_weight, q_bias).view(n, 1, num_heads, head_dim).transpose(1, 2)
     k = F.linear(x, k_weight, k_bias).view(n, length, num_heads, head_dim).transpose(1, 2)
     if q_norm is not None:
         q = q_norm(q)

@@ -31,23 +31,29 @@ class DualEncoder(nn.Module):
         head: str = "linear",
         head_hidden: int = 2048,
         image_head: str | None = None,
+        text_head: str | None = None,
         token_heads: bool = False,
         init_logit_scale: float = math.log(1 / 0.07),
         config: Any = None,
     ):
         """``init_logit_scale`` is the log of the initial multiplier, as in open_clip. ``image_head`` is the
-        global image head's kind when it differs from ``head`` (the token heads always use ``head``).
+        global image head's kind when it differs from ``head``, ``text_head`` the global text head's (the token
+        heads always use ``head``: a tower with its own projection, open_clip's, keeps it as the global head
+        while MGCA's token heads are fresh).
         ``config`` is the ModelConfig the model was built from (kept for save_pretrained)."""
         super().__init__()
         self.visual = visual
         self.text = text
         self.embed_dim = embed_dim
         self.image_proj = create_head(image_head or head, visual.width, embed_dim, head_hidden)
-        self.text_proj = create_head(head, text.width, embed_dim, head_hidden)
+        self.text_proj = create_head(text_head or head, text.width, embed_dim, head_hidden)
         self.token_heads = token_heads
         if token_heads:
             self.image_token_proj = create_head(head, visual.token_width, embed_dim, head_hidden, tokens=True)
-            self.text_token_proj = create_head(head, text.width, embed_dim, head_hidden, tokens=True)
+            # open_clip's text transformer pools a projected token: its tokens are narrower or wider than that
+            self.text_token_proj = create_head(
+                head, getattr(text, "token_width", text.width), embed_dim, head_hidden, tokens=True
+            )
         self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)))
         self.config = config
 

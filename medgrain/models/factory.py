@@ -47,6 +47,9 @@ class ImageTowerConfig(_Strict):
 
 
 class TextTowerConfig(_Strict):
+    # "open_clip": open_clip's own causal text transformer (CLIP's); ``config`` then holds its text_cfg,
+    # embed_dim and quick_gelu (medgrain.models.openclip_text.OpenCLIPTextConfig) and the tokenizer is CLIP's.
+    source: Literal["transformers", "open_clip"] = "transformers"
     name_or_path: str = "minilm"  # local folder, hub name, "minilm" (bundled) or "tiny-bert" (random, tests)
     pretrained: bool = True  # False: random weights of the same architecture
     num_hidden_layers: int | None = Field(None, ge=1)  # keep only the first layers (MGCA: 6 of 12)
@@ -76,9 +79,11 @@ class ModelConfig(_Strict):
     image: ImageTowerConfig
     text: TextTowerConfig = TextTowerConfig()
     embed_dim: int = Field(512, ge=1)
-    head: Literal["linear", "mlp", "identity"] = "linear"
-    # The global image head, when it differs from ``head`` ("identity" over open_clip's own projection).
-    image_head: Literal["linear", "mlp", "identity"] | None = None
+    head: Literal["linear", "mlp", "gelu-mlp", "identity"] = "linear"
+    # The global image and text heads, when they differ from ``head`` ("identity" over open_clip's own
+    # projection, "gelu-mlp" for open_clip's Hugging Face text projection); token heads always use ``head``.
+    image_head: Literal["linear", "mlp", "gelu-mlp", "identity"] | None = None
+    text_head: Literal["linear", "mlp", "gelu-mlp", "identity"] | None = None
     head_hidden: int = Field(2048, ge=1)  # hidden width of the "mlp" heads
     token_heads: bool = False  # token-level heads for MGCA's local alignment
     init_logit_scale: float = math.log(1 / 0.07)  # log of the initial multiplier, as in open_clip
@@ -211,7 +216,11 @@ def _build(config: ModelConfig, text_config: dict[str, Any] | None = None) -> Du
         **copy.deepcopy(image.kwargs),
     )
     t = config.text
-    if text_config is None:
+    if t.source == "open_clip":
+        from medgrain.models.openclip_text import openclip_text_tower_from_config
+
+        text = openclip_text_tower_from_config(text_config or t.config)
+    elif text_config is None:
         text = create_text_tower(t.name_or_path, t.pretrained, t.num_hidden_layers, t.pooling, t.config)
     else:
         text = text_tower_from_config(text_config, t.pooling)
@@ -221,6 +230,7 @@ def _build(config: ModelConfig, text_config: dict[str, Any] | None = None) -> Du
         embed_dim=config.embed_dim,
         head=config.head,
         image_head=config.image_head,
+        text_head=config.text_head,
         head_hidden=config.head_hidden,
         token_heads=config.token_heads,
         init_logit_scale=config.init_logit_scale,
@@ -236,10 +246,57 @@ def create_model(name_or_config: str | ModelConfig | dict[str, Any], **overrides
     Pretrained weights come from local paths in the config; a hub name that cannot be fetched raises
     PretrainedUnavailableError saying what to pass instead.
     """
+    if isinstance(name_or_config, str) and name_or_config.split(":", 1)[0] in MODEL_SOURCES:
+        return _create_from_source(name_or_config, overrides)
     config = resolve_config(name_or_config, **overrides)
     model = _build(config)
-    tokenizer = create_tokenizer(config.text.name_or_path, config.text.max_length)
+    if config.text.source == "open_clip":
+        from medgrain.models.openclip_text import clip_bpe_tokenizer
+
+        tokenizer = clip_bpe_tokenizer(config.text.max_length)
+    else:
+        tokenizer = create_tokenizer(config.text.name_or_path, config.text.max_length)
     return Created(model, tokenizer, config.preprocess_config())
+
+
+# A preset name "<source>:<ref>" builds the model from another library's checkpoint: the source's
+# function (imported when first used, so the factory does not import it) returns an Imported.
+MODEL_SOURCES = {"open_clip": "medgrain.export.openclip:import_open_clip"}
+
+
+class Imported(NamedTuple):
+    """Another library's model in medgrain's terms: the config, the text tower's saved config, the
+    weights under medgrain's names (token heads excepted: they are new), the tokenizer."""
+
+    config: ModelConfig
+    text_config: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    tokenizer: Tokenizer
+
+
+def import_model(ref: str) -> Imported:
+    """The Imported of ``"<source>:<ref>"`` (a key of MODEL_SOURCES)."""
+    import importlib
+
+    source, _, rest = ref.partition(":")
+    module, _, function = MODEL_SOURCES[source].partition(":")
+    return getattr(importlib.import_module(module), function)(rest)
+
+
+def _create_from_source(ref: str, overrides: dict[str, Any]) -> Created:
+    imported = import_model(ref)
+    config = resolve_config(imported.config, **overrides)
+    model = _build(config, text_config=imported.text_config)
+    changed = f"{ref}: the overrides {overrides} change the architecture the weights were made for"
+    try:
+        missing, unexpected = model.load_state_dict(imported.state_dict, strict=False)
+    except RuntimeError as e:  # shapes
+        raise ValueError(f"{changed}: {e}") from e
+    fresh = ("image_token_proj.", "text_token_proj.")  # MGCA's token heads do not exist in the source
+    missing = [k for k in missing if not k.startswith(fresh)]
+    if missing or unexpected:
+        raise ValueError(f"{changed} (missing {sorted(missing)}, unexpected {sorted(unexpected)})")
+    return Created(model, imported.tokenizer, config.preprocess_config())
 
 
 def create_model_and_transforms(name_or_config: str | ModelConfig | dict[str, Any], **overrides):

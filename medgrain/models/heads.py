@@ -2,7 +2,9 @@
 
 "linear" is CLIP's (and MGLL's) bias-free projection. "identity" keeps a tower's output as it is, for a
 tower that already ends in its own projection (open_clip's, whose pretrained ``proj`` a fresh head
-would scramble); it needs the tower's width to equal the joint dimension. "mlp" is MGCA's head:
+would scramble); it needs the tower's width to equal the joint dimension. "gelu-mlp" is open_clip's
+projection of a Hugging Face text tower (BiomedCLIP's): Linear -> GELU -> Linear, bias-free, hidden width
+the mean of the two, laid out as open_clip's ``nn.Sequential`` so its weights load by name. "mlp" is MGCA's head:
 Linear -> BatchNorm -> ReLU -> Linear -> BatchNorm(affine=False). MGCA applies the same head to
 every local token with 1x1 convolutions, so its BatchNorm statistics include padded word slots;
 ``TokenHead`` runs the head on real tokens only, so padding neither shifts the statistics nor
@@ -14,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-HEADS = ("linear", "mlp", "identity")
+HEADS = ("linear", "mlp", "gelu-mlp", "identity")
 
 
 class MLPHead(nn.Module):
@@ -68,6 +70,11 @@ def create_head(
         head = nn.Linear(in_features, out_features, bias=False)
     elif kind == "mlp":
         head = MLPHead(in_features, out_features, hidden_features)
+    elif kind == "gelu-mlp":
+        hidden = (in_features + out_features) // 2  # open_clip's HFTextEncoder proj_type="mlp"
+        head = nn.Sequential(
+            nn.Linear(in_features, hidden, bias=False), nn.GELU(), nn.Linear(hidden, out_features, bias=False)
+        )
     else:
         raise ValueError(f"unknown head {kind!r}; expected one of {HEADS}")
     return TokenHead(head) if tokens else head

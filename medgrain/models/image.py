@@ -162,36 +162,59 @@ class TimmCNNTower(ImageTower):
         return ImageOutput(pooled, local.flatten(2).transpose(1, 2), attention, (h, w))
 
 
+def _open_clip_model(name: str, pretrained: str | None, image_size: int, kwargs: dict) -> nn.Module:
+    import open_clip
+
+    if pretrained and looks_like_path(pretrained):
+        pretrained = local_file(pretrained, f"open_clip model {name!r}")
+    try:
+        with _without_log("No pretrained weights loaded"):  # random is what was asked for (or load_pretrained)
+            return open_clip.create_model(name, pretrained=pretrained or None, force_image_size=image_size, **kwargs)
+    except RuntimeError as e:
+        # open_clip reports a failed download of a pretrained tag as a RuntimeError
+        if "Failed to download" not in str(e):
+            raise
+        raise unavailable(
+            "open_clip weights",
+            f"{name} ({pretrained})",
+            "download the checkpoint elsewhere and set the image tower's `pretrained` to the local file.",
+            e,
+        ) from e
+
+
+def _open_clip_visual(name: str, kwargs: dict) -> nn.Module:
+    """The visual tower alone of ``name`` with ``kwargs`` replacing its model config's fields, as
+    ``open_clip.create_model(name, **kwargs)`` would build it, without building (or fetching) a text tower:
+    an imported custom-text CLIP's Hugging Face text tower may not be reachable."""
+    import open_clip
+    from open_clip.model import _build_vision_tower
+
+    cfg = {**(open_clip.get_model_config(name) or {}), **kwargs}
+    text_side = {"text_cfg", "custom_text", "init_logit_scale", "init_logit_bias", "nonscalar_logit_scale"}
+    unknown = sorted(set(kwargs) - {"embed_dim", "quick_gelu", "vision_cfg"} - text_side)
+    if unknown:
+        raise ValueError(f"open_clip image tower {name!r}: kwargs {unknown} do not shape the visual tower")
+    if "embed_dim" not in cfg:
+        raise ValueError(f"open_clip image tower {name!r}: not a built-in model; kwargs need embed_dim")
+    return _build_vision_tower(cfg["embed_dim"], cfg["vision_cfg"], cfg.get("quick_gelu", False))
+
+
 class OpenCLIPVisionTower(ImageTower):
     """An open_clip VisionTransformer (e.g. ``ViT-L-14-quickgelu``): the pooled feature is its projected
     [CLS], the tokens are the ln_post patch tokens (width of the transformer, not projected)."""
 
     def __init__(self, name: str, pretrained: str | None = None, image_size: int = 224, in_chans: int = 3, **kwargs):
         super().__init__()
-        import open_clip
         from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 
         if in_chans != 3:
             raise ValueError(f"open_clip towers take 3-channel images, got in_chans={in_chans}")
         if "vision_cfg" in kwargs:  # a custom architecture; open_clip applies force_image_size before kwargs
             kwargs["vision_cfg"] = {**kwargs["vision_cfg"], "image_size": image_size}
-        if pretrained and looks_like_path(pretrained):
-            pretrained = local_file(pretrained, f"open_clip model {name!r}")
-        try:
-            with _without_log("No pretrained weights loaded"):  # random is what was asked for (or load_pretrained)
-                clip = open_clip.create_model(name, pretrained=pretrained or None, force_image_size=image_size, **kwargs)
-        except RuntimeError as e:
-            # open_clip reports a failed download of a pretrained tag as a RuntimeError
-            if "Failed to download" not in str(e):
-                raise
-            raise unavailable(
-                "open_clip weights",
-                f"{name} ({pretrained})",
-                "download the checkpoint elsewhere and set the image tower's `pretrained` to the local file.",
-                e,
-            ) from e
-        self.trunk = clip.visual
-        del clip  # the text tower of the CLIP model is not used
+        if "vision_cfg" in kwargs and not pretrained:
+            self.trunk = _open_clip_visual(name, kwargs)
+        else:
+            self.trunk = _open_clip_model(name, pretrained, image_size, kwargs).visual
         if not isinstance(self.trunk, VisionTransformer) or self.trunk.pool_type != "tok" or self.trunk.attn_pool is not None:
             raise ValueError(
                 f"open_clip model {name!r}: only VisionTransformer towers that pool [CLS] are supported "
