@@ -143,30 +143,80 @@ def test_collate_stacks_masks_and_lists_boxes(tmp_path, tokenizer):
 
 
 def test_construction_checks_name_record_line_and_field(tmp_path):
-    no_text = {"id": "e", "image": "img/b.png", "split": "train", "labels": [], "texts": {"status": "normal"},
-               "report": "x"}
-    path = make_manifest(tmp_path, extra=[no_text])
-    with pytest.raises(ManifestError, match=r"manifest\.jsonl:6: field 'texts\.disease': record 'e': no text") as info:
-        ImageTextDataset(path, "train")
-    assert info.value.line == 6
-    ds = ImageTextDataset(path, "train", on_error="skip")
-    assert [r.id for r in ds.records] == ["a", "b", "c"] and [(s.line, s.field) for s in ds.skipped] == [(6, "texts.disease")]
-
+    path = make_manifest(tmp_path)
     (tmp_path / "img/c.png").unlink()
     with pytest.raises(ManifestError, match=r":3: field 'image': record 'c': file not found: .*img/c\.png"):
         ImageTextDataset(path, "train", granularities=["status"])
+    ds = ImageTextDataset(path, "train", on_error="skip")
+    assert [r.id for r in ds.records] == ["a", "b"] and [(s.line, s.field) for s in ds.skipped] == [(3, "image")]
     (tmp_path / "img/a-mask.png").unlink()
     with pytest.raises(ManifestError, match=r":1: field 'findings\.0\.mask': record 'a': file not found"):
         ImageTextDataset(path, "train", granularities=["status"], return_masks=True)
 
 
-def test_reports_are_all_or_nothing(tmp_path, tokenizer):
+def test_absent_texts_and_reports_are_kept_as_none(tmp_path):
+    """A record without a text at a granularity, or without a report, is a record with that text absent
+    (issue 12), no longer a construction error."""
+    no_text = {"id": "e", "image": "img/b.png", "split": "train", "labels": [], "texts": {"status": "normal"}}
+    ds = ImageTextDataset(make_manifest(tmp_path, extra=[no_text]), "train")
+    assert [r.id for r in ds.records] == ["a", "b", "c", "e"] and not ds.skipped
+    assert ds[3]["texts"] == {"status": "normal", "disease": None, "description": None} and ds[3]["report"] is None
+    assert ds.with_report and ds[0]["report"] == "Left effusion. Nodule."
+
+
+def test_collate_tokenizes_present_texts_only(tmp_path, tokenizer):
+    calls = []
+
+    class Counting(Tokenizer):
+        def __call__(self, texts):
+            calls.append(list(texts))
+            return super().__call__(texts)
+
+    extra = [
+        {"id": "e", "image": "img/b.png", "split": "train", "labels": [], "texts": {"status": "normal", "description": "clear lungs"}},
+        {"id": "f", "image": "img/c.png", "split": "train", "labels": [], "texts": {"status": "abnormal", "disease": None},
+         "report": "Right nodule."},
+    ]
+    ds = ImageTextDataset(make_manifest(tmp_path, extra=extra), "train", transform=eval_transform(PreprocessConfig(image_size=8)))
+    items = [ds[i] for i in range(len(ds))]  # a, b, c, e, f
+    batch = Collator(Counting(tokenizer.hf, max_length=32), GRANULARITIES)(items)
+    assert calls == [
+        ["abnormal", "normal", "abnormal", "normal", "abnormal"],
+        ["effusion, nodule", "no finding", "nodule"],
+        ["left effusion and a nodule", "clear lungs", "right nodule", "clear lungs"],
+        ["Left effusion. Nodule.", "Clear lungs.", "Right nodule.", "Right nodule."],
+    ]
+    assert batch["present"]["disease"].tolist() == [True, True, True, False, False]
+    assert batch["present"]["description"].tolist() == [True, True, True, True, False]
+    assert batch["report_present"].tolist() == [True, True, True, False, True]
+    assert batch["texts"]["disease"]["input_ids"].shape[0] == 3 and batch["report"]["input_ids"].shape[0] == 4
+    ids = batch["text_ids"]["description"]
+    assert ids[1] == ids[3] != ids[0] and ids[4] == -1 and (ids[:4] >= 0).all()
+    report_ids = batch["report_ids"]
+    assert report_ids[2] == report_ids[4] and report_ids[3] == -1
+
+    # equalising ranks keeps the first samples and the tokens of their present texts
+    from medgrain.data.dataset import take_rows
+
+    first = take_rows(batch, 4)
+    assert first["texts"]["disease"]["input_ids"].shape[0] == 3 and first["texts"]["description"]["input_ids"].shape[0] == 4
+    assert first["report"]["word_ids"].shape[0] == 3 and first["report_present"].tolist() == [True, True, True, False]
+    assert take_rows(batch, 1)["images"].shape[0] == 1
+
+    # a granularity with no text in the batch: no tokenizer call, no tokens, all ids -1
+    calls.clear()
+    lone = Collator(Counting(tokenizer.hf, max_length=32), GRANULARITIES)([items[3]])
+    assert lone["texts"]["disease"] is None and lone["text_ids"]["disease"].tolist() == [-1]
+    assert "report" not in lone and len(calls) == 2
+    assert take_rows(lone, 1)["texts"]["disease"] is None
+
+
+def test_reports_may_be_absent(tmp_path, tokenizer):
     silent = {"id": "e", "image": "img/b.png", "split": "train", "labels": [],
               "texts": texts("normal", "no finding", "clear lungs")}
     path = make_manifest(tmp_path, extra=[silent])
-    with pytest.raises(ManifestError, match=r":6: field 'report': record 'e': no report"):
-        ImageTextDataset(path, "train")
-    assert ImageTextDataset(path, "train", with_report=False)[3]["report"] is None
+    assert ImageTextDataset(path, "train")[3]["report"] is None
+    assert ImageTextDataset(path, "train", with_report=False)[0]["report"] is None
 
     no_reports = tmp_path / "no-reports.jsonl"
     no_reports.write_text("".join(

@@ -170,3 +170,37 @@ def test_summary_counts_splits_findings_texts_pairs_and_skips(tmp_path):
     for expected in ("3 records", "nodule", "66.7", "effusion + nodule", "no [finding]", "skipped records: 1", "line 4"):
         assert expected in text
     json.dumps(summary)  # plain JSON
+
+
+def test_absent_texts_and_reports_are_values_empty_ones_errors(tmp_path):
+    """A granularity's text may be null or left out, the report may be absent; an empty or blank string
+    stays an error (a bad record, not a missing one)."""
+    null_text = record(id="p2", texts={"status": "normal", "disease": None, "description": "clear"}, report=...)
+    left_out = record(id="p3", split="valid", texts={"status": "abnormal"}, report=None)
+    m = read_manifest(write_lines(tmp_path / "m.jsonl", [GOOD, null_text, left_out]))
+    assert m.records[1].texts == {"status": "normal", "description": "clear"} and m.records[1].report is None
+    assert m.records[2].texts == {"status": "abnormal"}
+    assert m.granularities == ["status", "disease", "description"]
+    for texts, message in (({"disease": ""}, "'disease' is empty"), ({"disease": " \t"}, "'disease' is empty")):
+        with pytest.raises(ManifestError, match=message) as err:
+            read_manifest(write_lines(tmp_path / "bad.jsonl", [record(texts=texts)]))
+        assert err.value.line == 1 and err.value.field == "texts"
+    with pytest.raises(ManifestError, match="report is empty"):
+        read_manifest(write_lines(tmp_path / "bad.jsonl", [record(report="  ")]))
+
+
+def test_summary_counts_texts_present_per_granularity_and_split(tmp_path):
+    lines = [
+        GOOD,
+        record(id="p2", texts={"status": "normal", "disease": None}, report=...),
+        record(id="p3", split="valid", texts={"status": "abnormal", "description": "x"}),
+        record(id="p4", split="test", texts={}, report=None),
+    ]
+    summary = summarize(read_manifest(write_lines(tmp_path / "m.jsonl", lines)))
+    g = summary["granularities"]
+    assert g["status"]["present"] == {"train": 2, "valid": 1, "test": 0}
+    assert g["disease"]["present"] == {"train": 1, "valid": 0, "test": 0} and g["disease"]["missing"] == 3
+    assert g["description"]["present"] == {"train": 1, "valid": 1, "test": 0}
+    assert summary["reports"] == {"train": 1, "valid": 1, "test": 0}
+    text = format_summary(summary)
+    assert "train/valid/test" in text and re.search(r"disease .* 1/0/0", text) and re.search(r"report .* 1/1/0", text)

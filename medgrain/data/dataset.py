@@ -1,7 +1,7 @@
 """Image-text dataset over a manifest, the collate that tokenizes a batch, and the data loader.
 
-Records are checked when the dataset is built (texts at every granularity, reports, that files exist)
-so that a bad manifest fails before training starts; files that exist but cannot be decoded are found
+Records are checked when the dataset is built (that files exist) so that a bad manifest fails before
+training starts; a text or report may be absent (the batch carries ``present`` masks for them); files that exist but cannot be decoded are found
 only when read, and with ``on_error="skip"`` they become ``None`` items that the collate counts.
 """
 
@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 class ImageTextDataset(Dataset):
     """Items are dicts: ``id``, ``image`` (after ``transform``), ``labels`` (float multi-hot over
-    ``finding_names``), ``texts`` ({granularity: str}), ``report`` (str or None); with
+    ``finding_names``), ``texts`` ({granularity: str, or None where the record has no text at it}),
+    ``report`` (str or None); with
     ``return_masks``: ``masks`` (F, H, W) bool in finding order, zeros where a finding has no mask;
     with ``return_boxes``: ``boxes`` (B, 4) float xyxy pixels and ``box_labels`` (B,) long indices
     into ``finding_names``.
@@ -70,7 +71,7 @@ class ImageTextDataset(Dataset):
             records = [r for r in records if r.image is not None]
         else:
             self.text_only_left_out = 0
-        # reports are all-or-nothing: a batch either has a report per image or none
+        # a record without a report (or without a text at a granularity) is kept: its text is absent
         self.with_report = with_report and any(r.report is not None for r in records)
         self.skipped: list[Skipped] = []
         self.records: list[Record] = [r for r in records if self._usable(r)]
@@ -99,11 +100,6 @@ class ImageTextDataset(Dataset):
         return ManifestError(self.manifest.path, record.line, field, f"record '{record.id}': {message}")
 
     def _check(self, record: Record) -> None:
-        for g in self.granularities:
-            if g not in record.texts:
-                raise self._error(record, f"texts.{g}", f"no text at granularity '{g}' (it has {list(record.texts)})")
-        if self.with_report and record.report is None:
-            raise self._error(record, "report", "no report, while other records have one")
         if self.text_only:
             return
         files = [("image", record.image)]
@@ -129,7 +125,7 @@ class ImageTextDataset(Dataset):
         item = {
             "id": record.id,
             "labels": self.labels[index].clone(),  # not a view: a view would carry the whole table along
-            "texts": {g: record.texts[g] for g in self.granularities},
+            "texts": {g: record.texts.get(g) for g in self.granularities},
             "report": record.report if self.with_report else None,
         }
         if self.text_only:
@@ -200,6 +196,11 @@ class Collator:
     is tokenized with one call on the whole batch; ``None`` items (load failures under
     ``on_error="skip"``) are dropped and counted in ``skipped``.
 
+    A text may be absent. ``present[g]`` (and ``report_present``) is a bool (N,) mask; only the present
+    texts are tokenized, in batch order, so ``texts[g]`` has ``present[g].sum()`` rows (``None`` when
+    no text of the batch is present) and the text tower never runs on an absent text. ``text_ids[g]``
+    (and ``report_ids``) are equal for equal texts and -1, no id, for an absent one.
+
     A batch in which every record failed raises, unless ``allow_empty``: then it is the empty batch
     ``{"ids": [], "skipped": n}`` (see ``num_samples``), which the training loop counts and steps over."""
 
@@ -226,18 +227,12 @@ class Collator:
         if "image" in items[0]:
             out["images"] = _stack_images(items)
         out["labels"] = torch.stack([item["labels"] for item in items])
-        out["texts"], out["text_ids"] = {}, {}
+        out["texts"], out["text_ids"], out["present"] = {}, {}, {}
         for g in self.granularities:
-            texts = [item["texts"][g] for item in items]
-            out["texts"][g] = self.tokenizer(texts)
-            out["text_ids"][g] = text_ids(texts)
+            out["texts"][g], out["text_ids"][g], out["present"][g] = self._tokenize([item["texts"][g] for item in items])
         reports = [item["report"] for item in items]
         if self.with_report and any(r is not None for r in reports):
-            without = [item["id"] for item in items if item["report"] is None]
-            if without:
-                raise ValueError(f"records {without} have no report while others in the batch do")
-            out["report"] = self.tokenizer(reports)
-            out["report_ids"] = text_ids(reports)
+            out["report"], out["report_ids"], out["report_present"] = self._tokenize(reports)
         if "masks" in items[0]:
             out["masks"] = torch.stack([item["masks"] for item in items])
         if "boxes" in items[0]:
@@ -245,6 +240,16 @@ class Collator:
             out["box_labels"] = [item["box_labels"] for item in items]
         out["skipped"] = len(batch) - len(items)
         return out
+
+    def _tokenize(self, texts: list[str | None]):
+        """(tokens of the present texts or None, ids with -1 where absent, present mask)."""
+        present = torch.tensor([t is not None for t in texts], dtype=torch.bool)
+        kept = [t for t in texts if t is not None]
+        ids = torch.full((len(texts),), -1, dtype=torch.long)
+        if not kept:
+            return None, ids, present
+        ids[present] = text_ids(kept)
+        return self.tokenizer(kept), ids, present
 
 
 def num_samples(batch: dict[str, Any]) -> int:
@@ -255,19 +260,29 @@ def num_samples(batch: dict[str, Any]) -> int:
 def take_rows(batch: dict[str, Any], n: int) -> dict[str, Any]:
     """The first ``n`` samples of a batch from ``Collator``: every entry is per sample (tensors along
     dim 0, lists, and the tokenised texts' dicts of them) except the ``skipped`` count, kept as is.
-    Tokenised texts keep their padded length (padding is masked everywhere it is read). ``n=0`` gives
-    the empty batch."""
+    Tokenised texts hold the present texts only, so they keep as many rows as the first ``n`` samples
+    have present texts. Tokenised texts keep their padded length (padding is masked everywhere it is
+    read). ``n=0`` gives the empty batch."""
     if n == 0:
         return {"ids": [], "skipped": batch.get("skipped", 0)}
-    out: dict[str, Any] = {}
-    for key, value in batch.items():
-        if key == "skipped":
-            out[key] = value
-        elif isinstance(value, dict):
-            out[key] = take_rows(value, n)
-        else:
-            out[key] = value[:n]
+    out = _take(batch, n, skip=("skipped", "texts", "report"))
+    if "texts" in batch:
+        present = batch.get("present", {})
+        out["texts"] = {g: _take_present(tokens, present.get(g), n) for g, tokens in batch["texts"].items()}
+    if "report" in batch:
+        out["report"] = _take_present(batch["report"], batch.get("report_present"), n)
     return out
+
+
+def _take(value, n: int, skip=()):
+    if isinstance(value, dict):
+        return {k: (v if k in skip else _take(v, n)) for k, v in value.items()}
+    return value[:n]
+
+
+def _take_present(tokens: dict[str, torch.Tensor] | None, present: torch.Tensor | None, n: int):
+    rows = n if present is None else int(present[:n].sum())
+    return None if tokens is None or rows == 0 else _take(tokens, rows)
 
 
 def _stack_images(items: list[dict[str, Any]]) -> torch.Tensor:

@@ -49,6 +49,8 @@ def summarize(manifest: Manifest, top: int = 5) -> dict[str, Any]:
         granularities[g] = {
             "distinct": len(texts),
             "missing": n - sum(texts.values()),
+            # a text may be absent (docs/manifest.md): how many records of each split have one
+            "present": _per_split(r for r in records if g in r.texts),
             "most_common": [{"text": t, "count": c} for t, c in texts.most_common(top)],
         }
 
@@ -59,12 +61,18 @@ def summarize(manifest: Manifest, top: int = 5) -> dict[str, Any]:
         "splits": {s: split_counts.get(s, 0) for s in SPLITS},
         "with_image": sum(r.image is not None for r in records),
         "with_report": sum(r.report is not None for r in records),
+        "reports": _per_split(r for r in records if r.report is not None),
         "normal": int((labels.sum(1) == 0).sum()),
         "findings": findings,
         "cooccurring": cooccurring,
         "granularities": granularities,
         "skipped": [{"line": s.line, "field": s.field, "reason": s.reason} for s in manifest.skipped],
     }
+
+
+def _per_split(records) -> dict[str, int]:
+    counts = Counter(r.split for r in records)
+    return {s: counts.get(s, 0) for s in SPLITS}
 
 
 def format_summary(summary: dict[str, Any], width: int = 100) -> str:
@@ -100,10 +108,12 @@ def format_summary(summary: dict[str, Any], width: int = 100) -> str:
     texts.add_column("granularity")
     texts.add_column("distinct", justify="right")
     texts.add_column("missing", justify="right")
+    texts.add_column("with text\n" + "/".join(SPLITS), justify="right")
     texts.add_column("most common")
     for g, t in summary["granularities"].items():
         common = "\n".join(f"{c['count']}x {escape(_shorten(c['text']))}" for c in t["most_common"])
-        texts.add_row(escape(g), str(t["distinct"]), str(t["missing"]), common)
+        texts.add_row(escape(g), str(t["distinct"]), str(t["missing"]), "/".join(str(t["present"][s]) for s in SPLITS), common)
+    texts.add_row("report", "", str(n - summary["with_report"]), "/".join(str(summary["reports"][s]) for s in SPLITS), "")
     console.print(texts)
 
     skipped = summary["skipped"]

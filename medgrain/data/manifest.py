@@ -87,7 +87,9 @@ class Record(BaseModel):
     image: str | None  # None: a text-only record (e.g. OpenI reports without their images)
     split: Literal["train", "valid", "test"]
     labels: list[str] = []  # finding names; empty means normal
-    texts: dict[str, str] = {}  # granularity -> text, ordered coarse to fine
+    # granularity -> text, ordered coarse to fine; a granularity whose text is null (or left out) is
+    # absent for this record: it is dropped here, so ``g in record.texts`` means "has a text at g"
+    texts: dict[str, str | None] = {}
     report: str | None = None
     findings: list[Finding] = []
     domain: str | None = None
@@ -113,11 +115,12 @@ class Record(BaseModel):
 
     @field_validator("texts")
     @classmethod
-    def _texts(cls, v: dict[str, str]) -> dict[str, str]:
+    def _texts(cls, v: dict[str, str | None]) -> dict[str, str]:
         for k, t in v.items():
             _non_empty(k, "granularity name")
-            _non_empty(t, f"text of granularity '{k}'")
-        return v
+            if t is not None:  # null is an absent text; an empty or blank string is a bad one
+                _non_empty(t, f"text of granularity '{k}'")
+        return {k: t for k, t in v.items() if t is not None}
 
     @field_validator("report")
     @classmethod
