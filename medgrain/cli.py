@@ -76,7 +76,18 @@ def _add_prepare(sub) -> None:
     p.add_argument("--test-fraction", type=float, **opt)
     p.add_argument("--train-file", **opt, help="COVIDx: the train label file name")
     p.add_argument("--test-file", **opt, help="COVIDx: the test label file name")
-    p.add_argument("--manifest", type=Path, **opt, help="MGLL-Fundus: the released annotation file")
+    p.add_argument("--manifest", type=Path, **opt,
+                   help="MGLL-Fundus: the released annotation file; chexpert-5x200 / mimic-5x200 / ms-cxr: the "
+                        "prepared CheXpert or MIMIC-CXR manifest to build from")
+    p.add_argument("--ids", type=Path, **opt, help="5x200: a published id list (GLoRIA's chexpert_5x200.csv)")
+    p.add_argument("--pretrain", type=Path, **opt, help="5x200: a pretraining manifest of the same source, ...")
+    p.add_argument("--pretrain-out", type=Path, **opt, help="... written here without the 5x200 patients")
+    p.add_argument("--labels-csv", type=Path, **opt,
+                   help="chexpert-test / padchest / vindr-cxr: the labels CSV, when it is not under --root")
+    p.add_argument("--physician-only", action="store_true", **opt,
+                   help="PadChest: the physician-labelled subset only")
+    p.add_argument("--min-readers", type=int, **opt,
+                   help="VinDr-CXR: readers who must mark a finding for it to be a label (1 any, 2 majority)")
     p.add_argument("--flatten", action="store_true", **opt, help="MGLL-Fundus: one record per annotation")
     p.add_argument("--from-torchxrayvision", action="store_true", **opt,
                    help="OpenI: read the reports bundled in the torchxrayvision wheel, in place")
@@ -121,8 +132,9 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
 # Kept here so that building the parser imports nothing heavy; tests/test_cli.py checks them against
 # the registries (medgrain.evaluation.TASK_FUNCTIONS, medgrain.data.prepare.PREPARERS).
 EVALUATE_TASKS = ("all", "detect", "finetune", "linear-probe", "retrieval", "segment", "zero-shot")
-PREPARE_DATASETS = ("chestxray14", "chexpert", "covidx", "mgll-fundus", "mimic-cxr", "openi", "rfmid",
-                    "rsna-pneumonia", "siim-pneumothorax")
+PREPARE_DATASETS = ("chestxray14", "chexpert", "chexpert-5x200", "chexpert-test", "covidx", "mgll-fundus",
+                    "mimic-5x200", "mimic-cxr", "ms-cxr", "openi", "padchest", "rfmid", "rsna-pneumonia",
+                    "siim-pneumothorax", "vindr-cxr")
 
 
 def _add_evaluate(sub) -> None:

@@ -43,7 +43,8 @@ def test_split_by_patient_keeps_official_splits():
 
 def test_registry_and_option_checking(tmp_path):
     assert set(PREPARERS) == {"mimic-cxr", "chexpert", "rsna-pneumonia", "covidx", "siim-pneumothorax",
-                              "chestxray14", "mgll-fundus", "rfmid", "openi"}
+                              "chestxray14", "mgll-fundus", "rfmid", "openi", "chexpert-5x200", "mimic-5x200",
+                              "chexpert-test", "padchest", "vindr-cxr", "ms-cxr"}
     for name in PREPARERS:
         assert {"seed", "on_error", "exclude", "leak_threshold"} <= set(options(name))
     with pytest.raises(ValueError, match="unknown dataset 'mimic'"):

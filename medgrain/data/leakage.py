@@ -164,3 +164,21 @@ def format_leaks(leaks: list[tuple[str, str, int]], a_name: str = "A", b_name: s
     images = len({b for b, _, _ in leaks})
     lines.append(f"{images} images of {b_name} also appear in {a_name} ({len(leaks)} pairs)")
     return "\n".join(lines)
+
+
+def drop_patients(records: Sequence[Record], held_out: Sequence[str | Path | Manifest]) -> tuple[list[Record], set[str]]:
+    """Records whose patient is in none of the ``held_out`` manifests, and the patients dropped.
+
+    Two manifests built from the same source (a 5x200 test set drawn from CheXpert, and a pretraining
+    manifest of CheXpert) share patient ids, so patients, not only identical images, are held out:
+    another image of a test patient is as much a leak as the test image itself. A held-out record
+    without ``patient_id`` is an error: it could not be held out."""
+    patients: set[str] = set()
+    for m in map(_as_manifest, held_out):
+        missing = [r.id for r in m.records if not r.patient_id]
+        if missing:
+            raise ValueError(f"{m.path}: {len(missing)} records have no patient_id (first: {missing[0]!r}); "
+                             "their patients cannot be held out")
+        patients.update(r.patient_id for r in m.records)
+    kept = [r for r in records if r.patient_id not in patients]
+    return kept, {r.patient_id for r in records if r.patient_id in patients}

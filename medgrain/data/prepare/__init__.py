@@ -18,14 +18,19 @@ from typing import Any
 
 from .chestxray14 import prepare_chestxray14
 from .chexpert import prepare_chexpert
+from .chexpert_test import prepare_chexpert_test
 from .common import PrepareError, PrepareResult
 from .covidx import prepare_covidx
+from .five_by_200 import prepare_chexpert_5x200, prepare_mimic_5x200
 from .mgll_fundus import prepare_mgll_fundus
 from .mimic_cxr import prepare_mimic_cxr
+from .ms_cxr import prepare_ms_cxr
 from .openi import prepare_openi
+from .padchest import prepare_padchest
 from .rfmid import prepare_rfmid
 from .rsna import prepare_rsna
 from .siim import prepare_siim
+from .vindr_cxr import prepare_vindr_cxr
 
 PREPARERS: dict[str, Callable[..., PrepareResult]] = {
     "mimic-cxr": prepare_mimic_cxr,
@@ -37,6 +42,12 @@ PREPARERS: dict[str, Callable[..., PrepareResult]] = {
     "mgll-fundus": prepare_mgll_fundus,
     "rfmid": prepare_rfmid,
     "openi": prepare_openi,
+    "chexpert-5x200": prepare_chexpert_5x200,
+    "mimic-5x200": prepare_mimic_5x200,
+    "chexpert-test": prepare_chexpert_test,
+    "padchest": prepare_padchest,
+    "vindr-cxr": prepare_vindr_cxr,
+    "ms-cxr": prepare_ms_cxr,
 }
 
 
@@ -71,4 +82,5 @@ def prepare(name: str, root: str | Path | None, out: str | Path, *, splits: str 
 
 __all__ = ["PREPARERS", "PrepareError", "PrepareResult", "options", "prepare", "preparer", "prepare_chestxray14",
            "prepare_chexpert", "prepare_covidx", "prepare_mgll_fundus", "prepare_mimic_cxr", "prepare_openi",
-           "prepare_rfmid", "prepare_rsna", "prepare_siim"]
+           "prepare_rfmid", "prepare_rsna", "prepare_siim", "prepare_chexpert_5x200", "prepare_mimic_5x200",
+           "prepare_chexpert_test", "prepare_padchest", "prepare_vindr_cxr", "prepare_ms_cxr"]
