@@ -29,11 +29,31 @@ class SyntheticData(_Strict):
     workers: int = Field(1, ge=1)
 
 
+class SourceConfig(_Strict):
+    """One manifest of a multi-source run; batches draw from it in proportion to ``weight``."""
+
+    manifest: Path
+    weight: float = Field(1.0, gt=0, allow_inf_nan=False)
+    name: str | None = None  # default: the name of the manifest's folder (names must differ)
+
+
+class DropTexts(_Strict):
+    """Remove ``rate`` of the named granularities' texts from the training split (MGLL's robustness
+    experiment): the same records for the same seed, written to the run directory."""
+
+    rate: float = Field(ge=0, lt=1)
+    seed: int = 0
+    granularities: list[str] = Field(min_length=1)
+
+
 class DataConfig(_Strict):
-    # Exactly one source of records: a manifest, or a folder of WebDataset shards from `medgrain shard`
-    # (``data.manifest=null data.shards=DIR`` on the command line).
+    # Exactly one source of records: a manifest, a folder of WebDataset shards from `medgrain shard`
+    # (``data.manifest=null data.shards=DIR`` on the command line), or several manifests drawn in
+    # proportion to their weights (``data.manifest=null data.sources=[...]``).
     manifest: Path | None = None
     shards: Path | None = None
+    sources: list[SourceConfig] | None = None
+    drop_texts: DropTexts | None = None
     train_split: Literal["train", "valid", "test"] = "train"
     valid_split: Literal["train", "valid", "test"] | None = "valid"
     granularities: list[str] | None = None  # default: the manifest's, coarse to fine
@@ -44,11 +64,23 @@ class DataConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
-        if (self.manifest is None) == (self.shards is None):
-            raise ValueError("set exactly one of data.manifest and data.shards")
+        if sum(x is not None for x in (self.manifest, self.shards, self.sources)) != 1:
+            raise ValueError("set exactly one of data.manifest, data.shards and data.sources")
         if self.shards is not None and self.synthetic is not None:
             raise ValueError("data.synthetic generates a manifest; it does not apply to data.shards")
+        if self.sources is not None:
+            if not self.sources:
+                raise ValueError("data.sources is empty: give at least one {manifest, weight, name}")
+            if self.synthetic is not None:
+                raise ValueError("data.synthetic generates one manifest; it does not apply to data.sources")
+            names = self.source_names()
+            duplicated = sorted({n for n in names if names.count(n) > 1})
+            if duplicated:
+                raise ValueError(f"data.sources: name {duplicated[0]!r} is used twice; give each source a name")
         return self
+
+    def source_names(self) -> list[str]:
+        return [s.name or s.manifest.resolve().parent.name for s in self.sources or []]
 
 
 class ModelSection(_Strict):

@@ -84,3 +84,51 @@ class EpochSeededDataset(Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_mix(self.seed, self.epoch, index))
             return self.base[index]
+
+
+def source_quotas(total: int, weights: list[float]) -> list[int]:
+    """``total`` samples split in proportion to ``weights`` (largest remainder: they sum to ``total``)."""
+    if not weights or any(not w > 0 for w in weights):
+        raise ValueError(f"source weights must be > 0, got {weights}")
+    shares = [total * w / sum(weights) for w in weights]
+    quotas = [int(s) for s in shares]
+    by_remainder = sorted(range(len(weights)), key=lambda k: (-(shares[k] - quotas[k]), k))
+    for k in by_remainder[: total - sum(quotas)]:
+        quotas[k] += 1
+    return quotas
+
+
+class MixtureBatchSampler(ShardedBatchSampler):
+    """Training batches drawn from several sources (concatenated: source k holds the indices
+    ``offsets[k] .. offsets[k] + sizes[k]``) in proportion to their weights.
+
+    An epoch has as many samples as the sources hold together; source k gives ``quota[k]`` of them,
+    its records in a fresh random order, cycled through again where the quota is larger than the
+    source (sampling with replacement, each record at most once more than any other), and the sources'
+    samples are shuffled together. Everything is drawn from (seed, epoch), so batches are deterministic,
+    a resumed run skips exactly the consumed ones, and ranks take their slice of each global batch as
+    in ``ShardedBatchSampler``."""
+
+    def __init__(self, sizes: list[int], weights: list[float], batch_size: int, seed: int, rank: int = 0,
+                 world_size: int = 1, multiple_of: int = 1):
+        if any(s <= 0 for s in sizes):
+            raise ValueError(f"every source needs training records, got sizes {sizes}")
+        self.sizes = list(sizes)
+        self.offsets = [sum(sizes[:k]) for k in range(len(sizes))]
+        self.quotas = source_quotas(sum(sizes), list(weights))
+        super().__init__(sum(sizes), batch_size, seed, rank, world_size, shuffle=True, drop_last=True,
+                         multiple_of=multiple_of)
+
+    def _order(self) -> torch.Tensor:
+        g = torch.Generator().manual_seed(_mix(self.seed, self.epoch))
+        parts = []
+        for size, quota, offset in zip(self.sizes, self.quotas, self.offsets):
+            cycles = -(-quota // size)
+            drawn = torch.cat([torch.randperm(size, generator=g) for _ in range(max(cycles, 1))])[:quota]
+            parts.append(drawn + offset)
+        order = torch.cat(parts)
+        return order[torch.randperm(len(order), generator=g)]
+
+    def epoch_indices(self) -> torch.Tensor:
+        """Every index the current epoch trains on (all ranks, all its batches)."""
+        return self._order()[: len(self) * self.batch_size * self.world_size]
