@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from fixtures_prepare import make_mgll_fundus, make_openi, make_rfmid, replace_in
@@ -147,3 +148,32 @@ def test_openi_from_torchxrayvision_archive_in_place(tmp_path):
     assert not result.skipped and result.normal > 1000
     assert result.splits == {"train": 3141, "valid": 393, "test": 393}
     assert not list(tmp_path.glob("*.xml")) and not list(tmp_path.glob("*.tgz"))  # nothing copied out
+
+
+def test_mgll_fundus_without_a_description_leaves_it_absent(tmp_path):
+    """A record with no Description has no description text (absent, issue 12), not a placeholder;
+    an empty Description is still a bad annotation."""
+    root = make_mgll_fundus(tmp_path / "mgll", layout="jsonl")
+    replace_in(root / "mgll_fundus_manifest.jsonl", '"Description": "Opacification of crystalline lens observed"',
+               '"Description": null')
+    recs = by_id(prepare("mgll-fundus", root, tmp_path / "m.jsonl").manifest)
+    assert recs["images/odir/0_left"].texts == {"abnormality": "Abnormal", "category": "Cataract"}
+    replace_in(root / "mgll_fundus_manifest.jsonl", '"Description": null', '"Description": " "')
+    with pytest.raises(PrepareError, match="Description that is null or not empty"):
+        prepare("mgll-fundus", root, tmp_path / "m.jsonl")
+
+
+def test_padchest_localization_absent_without_a_localized_label():
+    from medgrain.data.prepare.common import Row
+    from medgrain.data.prepare.padchest import padchest_texts
+
+    def row(labels, localizations, by_sentence):
+        return Row(Path("labels.csv"), 2, {"Labels": labels, "Localizations": localizations,
+                                      "LabelsLocalizationsBySentence": by_sentence})
+
+    _, texts, _ = padchest_texts(row("['pleural effusion']", "[]", "[]"))
+    assert texts == {"abnormality": "Abnormal", "category": "pleural effusion"}
+    _, texts, _ = padchest_texts(row("['pleural effusion']", "['left']", "[]"))
+    assert texts["localization"] == "pleural effusion; left"
+    _, texts, _ = padchest_texts(row("['nodule']", "[]", "[['nodule', 'right upper lobe']]"))
+    assert texts["localization"] == "nodule right upper lobe"

@@ -93,10 +93,12 @@ def _annotations(obj: dict, error) -> list[tuple[str, str, str]]:
             raise error(f"annotations[{k}]", ann, "an annotation must be an object", "malformed record")
         disease = ann.get("Disease", ann.get("disease", obj.get("Disease", obj.get("disease"))))
         description = ann.get("Description", ann.get("description", obj.get("Description", obj.get("description"))))
-        if not isinstance(disease, str) or not isinstance(description, str) or not description.strip():
-            raise error(f"annotations[{k}]", ann, "needs a Disease and a non-empty Description", "missing annotation field")
+        # A missing (or null) Description is an absent text; an empty one is a bad annotation.
+        if not isinstance(disease, str) or not (description is None or (isinstance(description, str) and description.strip())):
+            raise error(f"annotations[{k}]", ann, "needs a Disease and a Description that is null or not empty",
+                        "missing annotation field")
         try:
-            parsed.append((*parse_disease(disease), " ".join(description.split())))
+            parsed.append((*parse_disease(disease), None if description is None else " ".join(description.split())))
         except ValueError as e:
             raise error("Disease", disease, str(e), "invalid label value") from None
     return parsed
@@ -147,7 +149,8 @@ def prepare_mgll_fundus(root: str | Path, out: str | Path, *, manifest: str | Pa
                     labels=_unique(a[1] for a in abnormal),
                     texts={"abnormality": ABNORMAL if abnormal else NORMAL,
                            "category": "; ".join(_unique(a[1] for a in group)),
-                           "description": "; ".join(_unique(a[2] for a in group))}))
+                           # absent when no annotation of the group has one
+                           "description": "; ".join(_unique(a[2] for a in group if a[2])) or None}))
         except PrepareError as e:
             prep.skip(e)
     if not has_splits:

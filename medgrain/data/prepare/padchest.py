@@ -64,16 +64,19 @@ def _clean(items) -> list[str]:
 
 
 def padchest_texts(row: Row) -> tuple[list[str], dict[str, str], bool]:
-    """(labels, texts, excluded?) of one row."""
+    """(labels, texts, excluded?) of one row. ``localization`` comes from the labels localized by
+    sentence (or the row's localizations); a row with neither has no localization text (absent, not
+    a copy of the category: docs/manifest.md, *Absent texts*)."""
     raw = _clean(_list_cell(row, "Labels"))
     labels = [x for x in raw if x not in NOT_FINDINGS]
     localizations = _clean(_list_cell(row, "Localizations"))
     by_sentence = [" ".join(_clean(s)) for s in _list_cell(row, "LabelsLocalizationsBySentence") if isinstance(s, list)]
     by_sentence = [s for s in dict.fromkeys(by_sentence) if s]
     category = ", ".join(labels) or NO_FINDING
-    located = "; ".join(by_sentence) or category
-    texts = {"abnormality": ABNORMAL if labels else NORMAL, "category": category, "localization": located}
-    if localizations and located == category:
+    texts = {"abnormality": ABNORMAL if labels else NORMAL, "category": category}
+    if by_sentence:
+        texts["localization"] = "; ".join(by_sentence)
+    elif localizations:
         texts["localization"] = f"{category}; {', '.join(localizations)}"
     return labels, texts, "exclude" in raw
 
