@@ -114,74 +114,104 @@ def _cmd_leakage(a: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(a: argparse.Namespace) -> int:
-    import inspect
+    from .evaluation import evaluate, evaluate_all, task_spec
+    from .evaluation.present import print_tables
+    from .evaluation.suite import suite_tables
 
-    from .evaluation import TASK_FUNCTIONS
-
-    fn = TASK_FUNCTIONS[a.task]
-    skip = ("command", "func", "task", "checkpoint", "data")
-    given = {k: v for k, v in vars(a).items() if v is not None and k not in skip}
-    extra = sorted(set(given) - set(inspect.signature(fn).parameters))
+    args, extra = build_evaluate_parser().parse_known_args(a.extra)
     if extra:
-        raise ValueError(f"medgrain evaluate {a.task}: option(s) {', '.join('--' + e.replace('_', '-') for e in extra)} "
-                         "do not apply to this task")
-    fn(a.checkpoint, a.data, **given)
+        flags = [x for x in extra if x.startswith("-")] or extra
+        raise ValueError(f"medgrain evaluate {args.task}: option(s) {', '.join(flags)} do not apply to this task "
+                         f"(medgrain evaluate {args.task} --help lists its options)")
+    values = {k: v for k, v in vars(args).items() if k not in ("task", "out")}
+    if args.task == "all":
+        record = evaluate_all(out=args.out, **values)
+        print_tables(suite_tables(record))
+    else:
+        record = evaluate(args.task, out=args.out, **values)
+        print_tables(task_spec(args.task).console(record))
+    if args.out:
+        print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
 
-# Kept here so that building the parser imports nothing heavy; tests/test_cli.py checks them against
-# the registries (medgrain.evaluation.TASK_FUNCTIONS, medgrain.data.prepare.PREPARERS).
-EVALUATE_TASKS = ("all", "detect", "finetune", "linear-probe", "retrieval", "segment", "zero-shot")
+def add_option_flags(parser: argparse.ArgumentParser, options, fields=None, seen: set | None = None) -> None:
+    """One flag per field of a pydantic options class (``--name-with-dashes``; its description as help, its
+    type as argparse's type, choices or nargs). Absent flags are left out of the namespace, so the class's
+    own defaults apply."""
+    import types
+    import typing
+
+    seen = set() if seen is None else seen
+    for name, field in options.model_fields.items():
+        if (fields is not None and name not in fields) or name in seen:
+            continue
+        seen.add(name)
+        kind = field.annotation
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None: the flag takes an X
+            kind = next(k for k in typing.get_args(kind) if k is not type(None))
+        default = "" if field.default is None or field.is_required() else f" (default: {field.default})"
+        kwargs: dict = {"help": f"{field.description or ''}{default}"}
+        if not field.is_required():
+            kwargs["default"] = argparse.SUPPRESS
+        origin, args = typing.get_origin(kind), typing.get_args(kind)
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif origin is typing.Literal:
+            kwargs.update(choices=list(args), type=type(args[0]))
+        elif origin in (tuple, list):
+            kwargs.update(nargs="+", type=args[0])
+        else:
+            kwargs["type"] = kind if kind in (int, float, str, Path) else str
+        parser.add_argument("--" + name.replace("_", "-"), required=field.is_required(), **kwargs)
+
+
+def build_evaluate_parser() -> argparse.ArgumentParser:
+    """``medgrain evaluate``'s full parser: one sub-command per registered task (and ``all``), each with the
+    context's flags it uses and its options class's flags. Built when evaluate runs: it imports the tasks."""
+    from .evaluation import EVAL_TASKS, ContextOptions, task_spec
+    from .evaluation.context import OPTIONAL
+
+    parser = argparse.ArgumentParser(prog="medgrain evaluate", description=EVALUATE_DESCRIPTION)
+    sub = parser.add_subparsers(dest="task", required=True, metavar="TASK")
+    always = [f for f in ContextOptions.model_fields if f not in OPTIONAL]
+    for name in EVAL_TASKS.names():
+        spec = task_spec(name)
+        p = sub.add_parser(name, help=spec.help, description=spec.help)
+        add_option_flags(p, ContextOptions, [*always, *spec.context])
+        p.add_argument("--out", type=Path, help="result JSON to write")
+        add_option_flags(p, spec.options)
+    p = sub.add_parser("all", help="every task the data and the encoder allow, one JSON",
+                       description="Runs every registered task the data and the encoder allow (the others are "
+                                   "listed with the reason); epochs, patience, batch size and fractions follow the "
+                                   "size of the data unless given. A task option goes to the tasks that take it.")
+    add_option_flags(p, ContextOptions)
+    p.add_argument("--out", type=Path, help="result JSON to write (rewritten after every task)")
+    p.add_argument("--tasks", nargs="+", choices=EVAL_TASKS.names(), default=argparse.SUPPRESS,
+                   help="the tasks to run (default: all)")
+    seen: set = set()
+    for name in EVAL_TASKS.names():
+        add_option_flags(p, task_spec(name).options, seen=seen)
+    return parser
+
+
+EVALUATE_DESCRIPTION = ("Each task writes JSON with its options, split sizes, metrics and per-image scores, and "
+                        "prints a table. `medgrain evaluate TASK --help` lists a task's options. "
+                        "See docs/evaluation.md.")
+
+# Kept here so that building the parser imports nothing heavy; tests/test_cli.py checks it against
+# the registry (medgrain.data.prepare.PREPARERS).
 PREPARE_DATASETS = ("chestxray14", "chexpert", "chexpert-5x200", "chexpert-test", "covidx", "mgll-fundus",
                     "mimic-5x200", "mimic-cxr", "ms-cxr", "openi", "padchest", "rfmid", "rsna-pneumonia",
                     "siim-pneumothorax", "vindr-cxr")
 
 
 def _add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="downstream evaluation of a checkpoint (or a random/imagenet baseline)",
-                       description="Each task prints a table and writes JSON with its options, split sizes and "
-                                   "metrics. See docs/evaluation.md.")
-    p.add_argument("task", choices=EVALUATE_TASKS)
-    p.add_argument("--checkpoint", required=True, help="a checkpoint directory, 'random' or 'imagenet'")
-    p.add_argument("--data", type=Path, required=True, help="manifest.jsonl")
-    p.add_argument("--out", type=Path, help="result JSON to write")
-    p.add_argument("--model", help="model preset for the random/imagenet baselines")
-    p.add_argument("--imagenet-weights", help="local ImageNet weights for the imagenet baseline")
-    p.add_argument("--split", help="the split evaluated (default test)")
-    p.add_argument("--valid-split")
-    p.add_argument("--workers", type=int)
-    p.add_argument("--device")
-    p.add_argument("--seeds", type=int, nargs="+")
-    p.add_argument("--fractions", type=float, nargs="+", help="label fractions, e.g. 0.01 0.1 1")
-    p.add_argument("--fractions-dir", type=Path)
-    p.add_argument("--cache-dir", type=Path, help="feature cache (default ~/.cache/medgrain/features)")
-    p.add_argument("--mode", choices=["auto", "pairs", "softmax"], help="zero-shot scoring")
-    p.add_argument("--prompts", type=Path, help="zero-shot prompt templates (YAML or JSON)")
-    p.add_argument("--domain", choices=["cxr", "fundus"])
-    p.add_argument("--threshold-split")
-    p.add_argument("--text", help="retrieval: 'report', a granularity, or 'all'")
-    p.add_argument("--solver", choices=["lbfgs", "adamw"],
-                   help="linear probe: scikit-learn L-BFGS (default) or MGCA's AdamW Linear layer")
-    p.add_argument("--c-grid", type=float, nargs="+", help="linear probe (lbfgs): inverse regularisation strengths")
-    p.add_argument("--probe-batch-size", type=int, help="linear probe (adamw): training batch size (48)")
-    p.add_argument("--select", choices=["loss", "auroc", "accuracy"],
-                   help="linear probe / finetune: what the validation split picks by (C for lbfgs: auroc; "
-                        "the epoch otherwise: loss as MGCA, accuracy as MGLL)")
-    p.add_argument("--schedule", choices=["constant", "cosine"],
-                   help="finetune: learning rate constant (default) or warm-up then cosine to 0 (MGLL's)")
-    p.add_argument("--warmup-epochs", type=float, help="finetune with --schedule cosine: warm-up length (0)")
-    p.add_argument("--max-iter", type=int)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--patience", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--finding", help="segment/detect: one finding (default: all, as one class)")
-    p.add_argument("--threshold", type=float)
-    p.add_argument("--train-encoder", action="store_false", dest="freeze", default=None,
-                   help="segment: train the encoder too (default: frozen, in eval mode)")
-    p.add_argument("--score-threshold", type=float)
-    p.add_argument("--fpn-channels", type=int)
+    # The tasks and their flags come from the evaluation registry, which imports torch: the full parser is
+    # built when `evaluate` runs (build_evaluate_parser), so `medgrain --help` stays instant.
+    p = sub.add_parser("evaluate", add_help=False, usage="medgrain evaluate TASK --checkpoint C --data MANIFEST ...",
+                       help="downstream evaluation of a checkpoint (or a random/imagenet baseline); "
+                            "`medgrain evaluate --help` lists the tasks", description=EVALUATE_DESCRIPTION)
     p.set_defaults(func=_cmd_evaluate)
 
 
@@ -299,7 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "evaluate":  # evaluate parses its own (build_evaluate_parser)
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -54,7 +54,9 @@ def run_demo(domain: str = "cxr", quick: bool = False, out: str | Path = "runs/d
     from rich.console import Console
 
     from .data.synthetic import generate
-    from .evaluation import evaluate_all, segment
+    from .evaluation import evaluate_all, segment, task_spec
+    from .evaluation.present import print_tables
+    from .evaluation.suite import suite_tables
     from .report import build_report
     from .report.results import collect_results, read_runs
     from .training.config import load_config
@@ -122,9 +124,11 @@ def run_demo(domain: str = "cxr", quick: bool = False, out: str | Path = "runs/d
                   epochs=budget.eval_epochs, cache_dir=cache, domain=domain)
 
     def evaluate(checkpoint: str, preset: str, eval_dir: Path) -> None:
-        evaluate_all(checkpoint, manifest, eval_dir / "all.json", model=preset, **common)
-        segment(checkpoint, manifest, model=preset, fractions=budget.segment_fractions, seeds=(budget.eval_seeds[0],),
-                epochs=budget.eval_epochs, patience=budget.eval_epochs, out=eval_dir / "segment.json")
+        suite = evaluate_all(checkpoint, manifest, eval_dir / "all.json", model=preset, **common)
+        segmented = segment(checkpoint, manifest, model=preset, fractions=budget.segment_fractions,
+                            seeds=(budget.eval_seeds[0],), epochs=budget.eval_epochs, patience=budget.eval_epochs,
+                            out=eval_dir / "segment.json")
+        print_tables([*suite_tables(suite), *task_spec("segment").console(segmented)])
 
     base = 1 + len(methods)
     for k, method in enumerate(methods):

@@ -216,7 +216,7 @@ def test_validation_scores_match_loops_and_sklearn():
     import numpy as np
     from sklearn.metrics import roc_auc_score
 
-    from medgrain.evaluation.common import validation_score
+    from medgrain.evaluation.fitting import validation_score
 
     rng = np.random.default_rng(3)
     p = rng.uniform(0.01, 0.99, size=(40, 3))
@@ -263,7 +263,7 @@ def test_cosine_schedule_of_the_downstream_fits_matches_the_formula(monkeypatch)
     end of the last epoch; the learning rate each step used, against the formula written out."""
     import math
 
-    from medgrain.evaluation import common
+    from medgrain.evaluation import fitting as common
 
     captured = []
     real_adamw = torch.optim.AdamW

@@ -16,31 +16,24 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
+from typing import ClassVar
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torchvision.models.detection import FCOS
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from medgrain.data.transforms import segmentation_train_transform
-from medgrain.evaluation.common import (
-    FrozenEncoder,
-    Result,
-    by_fraction,
-    fit_with_early_stopping,
-    image_dataset,
-    image_loader,
-    load_encoder,
-    note,
-    open_manifest,
-    print_fraction_table,
-    require_split,
-    subset,
-    write_result,
-)
-from medgrain.evaluation.fractions import FRACTIONS, fraction_name, fraction_plan
+from medgrain.evaluation.context import EvalContext
+from medgrain.evaluation.data import image_dataset, image_loader, require_split, subset
+from medgrain.evaluation.fitting import FrozenEncoder, fit_with_early_stopping
+from medgrain.evaluation.fractions import fraction_name, fraction_plan
 from medgrain.evaluation.metrics import detection_map, require_coco_evaluation
+from medgrain.evaluation.present import fraction_console, fraction_headline, fraction_report
+from medgrain.evaluation.registry import evaluate, register_task
+from medgrain.evaluation.results import TaskResult, by_fraction
 from medgrain.evaluation.segmentation import CNNPyramid
 
 
@@ -69,94 +62,137 @@ def build_detector(encoder, n_classes: int, score_threshold: float, fpn_channels
                 score_thresh=score_threshold)
 
 
-def detect(checkpoint: str, data, *, model: str = "tiny", finding: str | None = None, fractions=FRACTIONS,
-           seeds=(0, 1, 2), epochs: int = 50, patience: int = 10, lr: float = 5e-4, weight_decay: float = 1e-6,
-           batch_size: int = 16, score_threshold: float = 0.05, fpn_channels: int = 256, split: str = "test",
-           valid_split: str = "valid", fractions_dir=None, workers: int = 0, device=None,
-           imagenet_weights: str | None = None, out=None, encoder=None) -> dict:
-    """Train FCOS on the frozen tower per label fraction and seed; mAP on ``split``. One class: every
-    finding's box ("abnormality", as RSNA's pneumonia boxes), or only the boxes of ``finding``."""
-    manifest = open_manifest(data)
-    for s in ("train", split):
-        require_split(manifest, s, "detection")
+class DetectOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    # What `evaluate all` sizes for the data when the user does not set it (suite.sized_defaults).
+    sized: ClassVar[tuple[str, ...]] = ("epochs", "patience", "batch_size")
+    finding: str | None = Field(None, description="detect one finding's boxes (default: every finding's, one class)")
+    epochs: int = Field(50, description="at most this many epochs")
+    patience: int = Field(10, description="early stopping: epochs without a better validation mAP")
+    lr: float = Field(5e-4, description="AdamW learning rate")
+    weight_decay: float = Field(1e-6, description="AdamW weight decay (MGCA's)")
+    batch_size: int = Field(16, description="training and scoring batch size")
+    score_threshold: float = Field(0.05, description="detections below this score are dropped before mAP")
+    fpn_channels: int = Field(256, description="width of the feature pyramid")
+
+
+def _can_detect(ctx: EvalContext) -> str | None:
+    """Why detection cannot run on this data and encoder, or None."""
+    if not any(f.box for r in ctx.manifest.records if r.image is not None for f in r.findings):
+        return "no finding has a box"
+    if not ctx.encoder.is_cnn:
+        return f"detection needs a ResNet (CNN) image tower; this one is {ctx.encoder.config.image.name}"
+    try:
+        require_coco_evaluation()
+    except ModuleNotFoundError as e:
+        return str(e)
+    return None
+
+
+def _check_boxes(ctx: EvalContext, finding: str | None) -> None:
+    manifest, encoder = ctx.manifest, ctx.encoder
     with_boxes = {f.name for r in manifest.records for f in r.findings if f.box}
     if not with_boxes:
         raise ValueError(f"{manifest.path}: no finding has a box; detection needs boxes "
                          "(findings[].box in the manifest, docs/manifest.md)")
     if finding is not None and finding not in with_boxes:
         raise ValueError(f"{manifest.path}: finding {finding!r} has no boxes; findings with boxes: {sorted(with_boxes)}")
-    for s in ("train", split):
-        if not any(f.box and (finding is None or f.name == finding) for r in manifest.split(s) for f in r.findings):
+    for s in ("train", ctx.split):
+        if not _has_boxes(manifest, s, finding):
             raise ValueError(f"{manifest.path}: split '{s}' has no {finding or 'finding'} box to "
                              f"{'train on' if s == 'train' else 'score'}")
-    seeds = list(seeds)
-    encoder = encoder or load_encoder(checkpoint, model, seeds[0], device, imagenet_weights)
     if not encoder.is_cnn:
         raise ValueError(f"detection needs a ResNet (CNN) image tower: its C3-C5 feature maps feed the detector; "
                          f"{encoder.checkpoint} has a {type(encoder.model.visual).__name__} "
                          f"({encoder.config.image.name}). Use a ResNet checkpoint, or segment/linear-probe for ViTs.")
     require_coco_evaluation()  # before hours of training, not after
-    options = {"model": model, "finding": finding, "target": finding or "every finding's box, one class",
-               "detector": "FCOS on a frozen C3-C5 pyramid", "fractions": [fraction_name(f) for f in fractions],
-               "seeds": seeds, "epochs": epochs, "patience": patience, "lr": lr, "weight_decay": weight_decay,
-               "batch_size": batch_size, "score_threshold": score_threshold, "split": split,
-               "valid_split": valid_split, "early_stopping": "validation mAP@[.40:.75]"}
-    result = Result("detect", encoder, manifest, options, seeds)
-    finding_index = manifest.finding_names.index(finding) if finding else None
-    device = next(encoder.model.parameters()).device
 
-    def targets_of(batch) -> list[dict]:
+
+def _has_boxes(manifest, split: str, finding: str | None) -> bool:
+    return any(f.box and (finding is None or f.name == finding) for r in manifest.split(split) for f in r.findings)
+
+
+class _BoxData:
+    """The one-class targets of a batch, and mAP of a detector over a loader."""
+
+    def __init__(self, ctx: EvalContext, finding: str | None):
+        self.device = ctx.device
+        self.finding_index = ctx.manifest.finding_names.index(finding) if finding else None
+
+    def targets(self, batch) -> list[dict]:
         targets = []
         for boxes, labels in zip(batch["boxes"], batch["box_labels"]):
-            keep = torch.ones_like(labels, dtype=torch.bool) if finding_index is None else labels == finding_index
-            targets.append({"boxes": boxes[keep].to(device), "labels": torch.zeros(int(keep.sum()), dtype=torch.long,
-                                                                                     device=device)})
+            keep = torch.ones_like(labels, dtype=torch.bool) if self.finding_index is None else labels == self.finding_index
+            targets.append({"boxes": boxes[keep].to(self.device),
+                            "labels": torch.zeros(int(keep.sum()), dtype=torch.long, device=self.device)})
         return targets
 
     @torch.no_grad()
-    def evaluate(detector, loader) -> dict:
+    def evaluate(self, detector, loader) -> dict:
         detector.eval()
         predictions, targets = [], []
         for batch in loader:
-            predictions += [{k: v.cpu() for k, v in p.items()} for p in detector(batch["images"].to(device))]
-            targets += [{k: v.cpu() for k, v in t.items()} for t in targets_of(batch)]
+            predictions += [{k: v.cpu() for k, v in p.items()} for p in detector(batch["images"].to(self.device))]
+            targets += [{k: v.cpu() for k, v in t.items()} for t in self.targets(batch)]
         return detection_map(predictions, targets)
 
+
+@register_task("detect", options=DetectOptions, title="detection",
+               context=("valid_split", "seeds", "fractions", "fractions_dir"),
+               help="FCOS on the frozen ResNet's C3-C5, mAP", available=_can_detect,
+               tables=fraction_report("detection", (("map_40_75", "mAP .40–.75"), ("map_50", "mAP@.5"),
+                                                    ("map_coco", "mAP COCO"))),
+               console=fraction_console("detection", ["map_40_75", "map_coco", "map_50", "map_75"]),
+               headline=lambda metrics: fraction_headline(metrics, "map_40_75"))
+def detect_task(ctx: EvalContext, options: DetectOptions) -> TaskResult:
+    """Train FCOS on the frozen tower per label fraction and seed; mAP on the context's split. One class:
+    every finding's box ("abnormality", as RSNA's pneumonia boxes), or only the boxes of ``finding``."""
+    manifest, split, encoder, finding = ctx.manifest, ctx.split, ctx.encoder, options.finding
+    for s in ("train", split):
+        require_split(manifest, s, "detection")
+    _check_boxes(ctx, finding)
+    result = TaskResult({**options.model_dump(mode="json"), "target": finding or "every finding's box, one class",
+                         "detector": "FCOS on a frozen C3-C5 pyramid",
+                         "early_stopping": "validation mAP@[.40:.75]"}, {})
+    data = _BoxData(ctx, finding)
+
+    def loader(s: str):
+        return image_loader(image_dataset(manifest, s, encoder.transform, boxes=True), options.batch_size,
+                            workers=ctx.workers)
+
     train_set = image_dataset(manifest, "train", segmentation_train_transform(encoder.preprocess), boxes=True)
-    test_loader = image_loader(image_dataset(manifest, split, encoder.transform, boxes=True), batch_size,
-                               workers=workers)
+    test_loader = loader(split)
     valid_loader = None
-    if any(r.image for r in manifest.split(valid_split)):
-        valid_loader = image_loader(image_dataset(manifest, valid_split, encoder.transform, boxes=True), batch_size,
-                                    workers=workers)
-        if not any(f.box and (finding is None or f.name == finding) for r in manifest.split(valid_split)
-                   for f in r.findings):
-            valid_loader = None
-    if valid_loader is None:
-        note(f"split '{valid_split}' has no boxes: every epoch runs and the last weights are scored", result.warnings)
+    if ctx.has_images(ctx.valid_split) and _has_boxes(manifest, ctx.valid_split, finding):
+        valid_loader = loader(ctx.valid_split)
+    else:
+        result.warn(f"split '{ctx.valid_split}' has no boxes: every epoch runs and the last weights are scored")
 
     runs = []
-    for fraction, seed, ids in fraction_plan(manifest, fractions, seeds, fractions_dir):
+    for fraction, seed, ids in fraction_plan(manifest, ctx.fractions, ctx.seeds, ctx.fractions_dir):
         torch.manual_seed(seed)
-        detector = build_detector(encoder, 1, score_threshold, fpn_channels).to(device)
+        detector = build_detector(encoder, 1, options.score_threshold, options.fpn_channels).to(ctx.device)
         records = subset(train_set, ids)
-        loader = image_loader(records, min(batch_size, len(records)), shuffle=True, workers=workers, seed=seed)
+        train_loader = image_loader(records, min(options.batch_size, len(records)), shuffle=True,
+                                    workers=ctx.workers, seed=seed)
         trainable = [p for p in detector.parameters() if p.requires_grad]
 
         def batch_loss(batch, detector=detector):
-            losses = detector(list(batch["images"].to(device)), targets_of(batch))
-            return sum(losses.values())
+            return sum(detector(list(batch["images"].to(ctx.device)), data.targets(batch)).values())
 
         def validate(detector=detector):
-            return -(evaluate(detector, valid_loader)["map_40_75"] or 0.0)
+            return -(data.evaluate(detector, valid_loader)["map_40_75"] or 0.0)
 
-        fit = fit_with_early_stopping(detector, trainable, loader, batch_loss, validate if valid_loader else None,
-                                      epochs, patience, lr, weight_decay,
-                                      f"detect {fraction_name(fraction)} seed {seed}")
+        fit = fit_with_early_stopping(detector, trainable, train_loader, batch_loss,
+                                      validate if valid_loader else None, options.epochs, options.patience,
+                                      options.lr, options.weight_decay, f"detect {fraction_name(fraction)} seed {seed}")
         runs.append({"fraction": fraction, "seed": seed, "n_train": len(records), **fit,
-                     "metrics": {"macro": evaluate(detector, test_loader)}})
+                     "metrics": {"macro": data.evaluate(detector, test_loader)}})
 
     result.metrics = {"fractions": by_fraction(runs)}
-    print_fraction_table(f"detection ({options['target']}) on {split}: {manifest.path}", result.metrics["fractions"],
-                         ["map_40_75", "map_coco", "map_50", "map_75"])
-    return write_result(result.to_dict(), out)
+    return result
+
+
+def detect(checkpoint: str, data, *, out=None, encoder=None, **kwargs) -> dict:
+    """``evaluate("detect", ...)``: ``kwargs`` are the context's fields and ``DetectOptions``'."""
+    return evaluate("detect", checkpoint, data, out=out, encoder=encoder, **kwargs)

@@ -20,7 +20,9 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from medgrain.data.manifest import Manifest
-from medgrain.evaluation.common import Encoder, file_sha256, image_dataset, image_loader, progress
+from medgrain.evaluation.data import image_dataset, image_loader
+from medgrain.evaluation.encoder import Encoder, file_sha256
+from medgrain.evaluation.progress import progress
 
 # "backbone": the image tower's pooled output, what MGCA and MGLL probe (research/mgca.md §4.1);
 # "embedding": the projected, L2-normalised joint-space embedding, what zero-shot and retrieval use.

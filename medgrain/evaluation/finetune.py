@@ -10,33 +10,58 @@ weights by MGLL's rule (best validation accuracy) instead, ``"auroc"`` by the me
 from __future__ import annotations
 
 import copy
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from medgrain.data.transforms import pretrain_transform
-from medgrain.evaluation.common import (
-    SCHEDULES,
-    SELECT_CRITERIA,
-    Result,
-    classification_loss,
-    finish_classification,
-    fit_with_early_stopping,
-    higher_is_better,
+from medgrain.evaluation.context import EvalContext
+from medgrain.evaluation.data import (
     image_dataset,
     image_loader,
     is_multiclass,
-    load_encoder,
-    note,
-    open_manifest,
     require_findings,
     require_split,
     subset,
+)
+from medgrain.evaluation.fitting import (
+    SCHEDULES,
+    SELECT_CRITERIA,
+    classification_loss,
+    fit_with_early_stopping,
+    higher_is_better,
     validation_score,
 )
-from medgrain.evaluation.fractions import FRACTIONS, fraction_name, fraction_plan
+from medgrain.evaluation.fractions import fraction_name, fraction_plan
 from medgrain.evaluation.metrics import classification_metrics
+from medgrain.evaluation.present import (
+    CLASSIFICATION_COLUMNS,
+    fraction_console,
+    fraction_headline,
+    fraction_report,
+)
+from medgrain.evaluation.registry import evaluate, register_task
+from medgrain.evaluation.results import PerImageScores, TaskResult, finish_classification
+
+
+class FinetuneOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    # What `evaluate all` sizes for the data when the user does not set it (suite.sized_defaults).
+    sized: ClassVar[tuple[str, ...]] = ("epochs", "patience", "batch_size")
+    epochs: int = Field(50, description="at most this many epochs")
+    patience: int = Field(10, description="early stopping: epochs without a better validation score")
+    lr: float = Field(1e-4, description="AdamW learning rate")
+    weight_decay: float = Field(1e-4, description="AdamW weight decay")
+    batch_size: int = Field(32, description="training and scoring batch size")
+    select: Literal[SELECT_CRITERIA] = Field(
+        "loss", description="what the validation split picks the weights by: loss (MGCA's rule), auroc, or "
+                            "accuracy (MGLL's)")
+    schedule: Literal[SCHEDULES] = Field(
+        "constant", description="learning rate constant, or warm-up then cosine to 0 (MGLL's)")
+    warmup_epochs: float = Field(0.0, description="warm-up length with --schedule cosine")
 
 
 class ImageClassifier(nn.Module):
@@ -62,64 +87,78 @@ def predict(model: nn.Module, loader, multiclass: bool) -> tuple[np.ndarray, np.
     return probabilities.numpy(), labels.numpy(), float(classification_loss(logits, labels, multiclass))
 
 
-def finetune(checkpoint: str, data, *, model: str = "tiny", fractions=FRACTIONS, seeds=(0, 1, 2),
-             epochs: int = 50, patience: int = 10, lr: float = 1e-4, weight_decay: float = 1e-4,
-             batch_size: int = 32, select: str = "loss", schedule: str = "constant", warmup_epochs: float = 0.0,
-             split: str = "test", valid_split: str = "valid", fractions_dir=None, workers: int = 0, device=None,
-             imagenet_weights: str | None = None, out=None, encoder=None) -> dict:
+def _has_labels(ctx: EvalContext) -> str | None:
+    return None if ctx.manifest.finding_names else "no record has a label"
+
+
+@register_task("finetune", options=FinetuneOptions, title="fine-tuning",
+               context=("valid_split", "seeds", "fractions", "fractions_dir"),
+               help="the whole image tower and a linear head, at label fractions (MGLL's protocol)",
+               available=_has_labels, tables=fraction_report("fine-tuning", CLASSIFICATION_COLUMNS),
+               console=fraction_console("fine-tuning", ["auroc", "ap", "f1", "accuracy"]),
+               headline=lambda metrics: fraction_headline(metrics, "auroc"), scores=True)
+def finetune_task(ctx: EvalContext, options: FinetuneOptions) -> TaskResult:
     """Fine-tune the image tower and a linear head per label fraction and seed; the metrics of the
-    linear probe on ``split``, with their mean and standard deviation over seeds."""
-    if select not in SELECT_CRITERIA:
-        raise ValueError(f"select must be one of {SELECT_CRITERIA}, got {select!r}")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
-    manifest = open_manifest(data)
+    linear probe on the context's split, with their mean and standard deviation over seeds. The per-image
+    scores are those of the largest fraction's first seed."""
+    manifest, split, encoder, batch_size = ctx.manifest, ctx.split, ctx.encoder, options.batch_size
     for s in ("train", split):
         require_split(manifest, s, "fine-tuning")
     names = require_findings(manifest, "fine-tuning")
-    seeds = list(seeds)
-    encoder = encoder or load_encoder(checkpoint, model, seeds[0], device, imagenet_weights)
-    options = {"model": model, "fractions": [fraction_name(f) for f in fractions], "seeds": seeds, "epochs": epochs,
-               "patience": patience, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size, "select": select,
-               "schedule": schedule, "warmup_epochs": warmup_epochs,
-               "split": split, "valid_split": valid_split, "optimizer": "AdamW", "augmentation": "pretrain_transform"}
-    result = Result("finetune", encoder, manifest, options, seeds)
+    result = TaskResult({**options.model_dump(mode="json"), "optimizer": "AdamW",
+                         "augmentation": "pretrain_transform"}, {})
 
     train_set = image_dataset(manifest, "train", pretrain_transform(encoder.preprocess))
-    test_loader = image_loader(image_dataset(manifest, split, encoder.transform), batch_size, workers=workers)
+    test_set = image_dataset(manifest, split, encoder.transform)
+    test_loader = image_loader(test_set, batch_size, workers=ctx.workers)
     valid_loader = None
-    if any(r.image for r in manifest.split(valid_split)):
-        valid_loader = image_loader(image_dataset(manifest, valid_split, encoder.transform), batch_size, workers=workers)
+    if ctx.has_images(ctx.valid_split):
+        valid_loader = image_loader(image_dataset(manifest, ctx.valid_split, encoder.transform), batch_size,
+                                    workers=ctx.workers)
     else:
-        note(f"split '{valid_split}' has no images: every epoch runs, the last weights are scored, "
-             "F1 uses the threshold 0.5", result.warnings)
+        result.warn(f"split '{ctx.valid_split}' has no images: every epoch runs, the last weights are scored, "
+                    "F1 uses the threshold 0.5")
     multiclass = is_multiclass(train_set.labels.numpy())
-    device = next(encoder.model.parameters()).device
 
     runs = []
-    for fraction, seed, ids in fraction_plan(manifest, fractions, seeds, fractions_dir):
-        torch.manual_seed(seed)
-        classifier = ImageClassifier(copy.deepcopy(encoder.model.visual), len(names)).to(device)
+    for fraction, seed, ids in fraction_plan(manifest, ctx.fractions, ctx.seeds, ctx.fractions_dir):
         records = subset(train_set, ids)
-        # drop_last: a lone last sample would give BatchNorm a batch of one
-        loader = image_loader(records, min(batch_size, len(records)), shuffle=True, workers=workers, seed=seed,
-                              drop_last=len(records) > batch_size)
-
-        def batch_loss(batch, classifier=classifier):
-            return classification_loss(classifier(batch["images"].to(device)), batch["labels"].to(device), multiclass)
-
-        def validate(classifier=classifier):
-            probabilities, labels, loss = predict(classifier, valid_loader, multiclass)
-            return loss if select == "loss" else validation_score(select, probabilities, labels, multiclass)
-
-        fit = fit_with_early_stopping(classifier, classifier.parameters(), loader, batch_loss,
-                                      validate if valid_loader else None, epochs, patience, lr, weight_decay,
-                                      f"finetune {fraction_name(fraction)} seed {seed}",
-                                      maximize=higher_is_better(select), schedule=schedule,
-                                      warmup_epochs=warmup_epochs)
+        classifier, fit = _train_classifier(ctx, options, records, valid_loader, len(names), multiclass, seed,
+                                            f"finetune {fraction_name(fraction)} seed {seed}")
         scores, labels, _ = predict(classifier, test_loader, multiclass)
         valid_scores, valid_labels = predict(classifier, valid_loader, multiclass)[:2] if valid_loader else (None, None)
         metrics = classification_metrics(scores, labels, names, multiclass, valid_scores, valid_labels)
         runs.append({"fraction": fraction, "seed": seed, "n_train": len(records), **fit, "metrics": metrics})
+        if fraction == max(ctx.fractions) and result.scores is None:
+            result.scores = PerImageScores([r.id for r in test_set.records], names, scores, labels,
+                                           f"{fraction_name(fraction)} labels, seed {seed}")
+    return finish_classification(result, runs, multiclass, split)
 
-    return finish_classification(result, runs, multiclass, manifest, split, "fine-tuning", out)
+
+def _train_classifier(ctx: EvalContext, options: FinetuneOptions, records, valid_loader, n_classes: int,
+                      multiclass: bool, seed: int, description: str):
+    """A copy of the image tower with a linear head, trained on ``records`` with early stopping."""
+    torch.manual_seed(seed)
+    device, batch_size, select = ctx.device, options.batch_size, options.select
+    classifier = ImageClassifier(copy.deepcopy(ctx.encoder.model.visual), n_classes).to(device)
+    # drop_last: a lone last sample would give BatchNorm a batch of one
+    loader = image_loader(records, min(batch_size, len(records)), shuffle=True, workers=ctx.workers, seed=seed,
+                          drop_last=len(records) > batch_size)
+
+    def batch_loss(batch):
+        return classification_loss(classifier(batch["images"].to(device)), batch["labels"].to(device), multiclass)
+
+    def validate():
+        probabilities, labels, loss = predict(classifier, valid_loader, multiclass)
+        return loss if select == "loss" else validation_score(select, probabilities, labels, multiclass)
+
+    fit = fit_with_early_stopping(classifier, classifier.parameters(), loader, batch_loss,
+                                  validate if valid_loader else None, options.epochs, options.patience, options.lr,
+                                  options.weight_decay, description, maximize=higher_is_better(select),
+                                  schedule=options.schedule, warmup_epochs=options.warmup_epochs)
+    return classifier, fit
+
+
+def finetune(checkpoint: str, data, *, out=None, encoder=None, **kwargs) -> dict:
+    """``evaluate("finetune", ...)``: ``kwargs`` are the context's fields and ``FinetuneOptions``'."""
+    return evaluate("finetune", checkpoint, data, out=out, encoder=encoder, **kwargs)

@@ -15,32 +15,36 @@ projection head), extracted once and cached. Two solvers:
 from __future__ import annotations
 
 import warnings as py_warnings
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from medgrain.evaluation.common import (
+from medgrain.evaluation.context import EvalContext
+from medgrain.evaluation.data import is_multiclass, require_findings, require_split
+from medgrain.evaluation.features import extract_features
+from medgrain.evaluation.fitting import (
     SELECT_CRITERIA,
-    Result,
     classification_loss,
-    finish_classification,
     fit_with_early_stopping,
     higher_is_better,
-    is_multiclass,
-    load_encoder,
-    note,
-    open_manifest,
-    progress,
-    require_findings,
-    require_split,
     validation_score,
 )
-from medgrain.evaluation.features import extract_features
-from medgrain.evaluation.fractions import FRACTIONS, fraction_name, fraction_plan
+from medgrain.evaluation.fractions import fraction_name, fraction_plan
 from medgrain.evaluation.metrics import classification_metrics
+from medgrain.evaluation.present import (
+    CLASSIFICATION_COLUMNS,
+    fraction_console,
+    fraction_headline,
+    fraction_report,
+)
+from medgrain.evaluation.progress import progress
+from medgrain.evaluation.registry import evaluate, register_task
+from medgrain.evaluation.results import PerImageScores, TaskResult, finish_classification
 
 C_GRID = (0.01, 0.1, 1.0, 10.0)  # inverse L2 strength; 1.0 when there is no validation split
 SOLVERS = ("lbfgs", "adamw")
@@ -129,85 +133,124 @@ def fit_linear_adamw(x: np.ndarray, y: np.ndarray, multiclass: bool, valid: tupl
     return predict, fit
 
 
-def linear_probe(checkpoint: str, data, *, model: str = "tiny", fractions=FRACTIONS, seeds=(0, 1, 2),
-                 solver: str = "lbfgs", c_grid=None, max_iter: int | None = None, epochs: int | None = None,
-                 patience: int | None = None, lr: float | None = None, weight_decay: float | None = None,
-                 probe_batch_size: int | None = None, select: str | None = None, split: str = "test",
-                 valid_split: str = "valid", fractions_dir=None, batch_size: int = 64, workers: int = 0, cache_dir=None, device=None,
-                 imagenet_weights: str | None = None, out=None, encoder=None) -> dict:
-    """A linear classifier on frozen backbone features for each label fraction and seed; AUROC, AP,
-    F1 and accuracy on ``split``, their mean and standard deviation over seeds.
+class LinearProbeOptions(BaseModel):
+    """``solver="lbfgs"`` takes ``c_grid`` and ``max_iter``; ``solver="adamw"`` takes ``epochs``, ``patience``,
+    ``lr``, ``weight_decay`` and ``probe_batch_size`` (MGCA's values by default)."""
 
-    ``solver="lbfgs"`` takes ``c_grid`` and ``max_iter``; ``solver="adamw"`` takes ``epochs``, ``patience``,
-    ``lr``, ``weight_decay`` and ``probe_batch_size`` (MGCA's values by default). ``select`` is what the
-    validation split picks by (``validation_score``): C for lbfgs (default ``auroc``), the epoch for
-    adamw (default ``loss``, MGCA's rule; ``accuracy`` is MGLL's). ``batch_size`` is the feature
-    extraction's."""
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
-    select = select or ("auroc" if solver == "lbfgs" else "loss")
-    if select not in SELECT_CRITERIA:
-        raise ValueError(f"select must be one of {SELECT_CRITERIA}, got {select!r}")
-    adamw_given = {k: v for k, v in {"epochs": epochs, "patience": patience, "lr": lr, "weight_decay": weight_decay,
-                                    "probe_batch_size": probe_batch_size}.items() if v is not None}
-    lbfgs_given = {k: v for k, v in {"c_grid": c_grid, "max_iter": max_iter}.items() if v is not None}
-    wrong = adamw_given if solver == "lbfgs" else lbfgs_given
-    if wrong:
-        raise ValueError(f"linear probe: {', '.join(sorted(wrong))} do not apply to solver={solver!r} "
-                         f"(lbfgs takes c_grid, max_iter; adamw takes {', '.join(ADAMW_DEFAULTS)})")
-    c_grid = tuple(c_grid) if c_grid is not None else C_GRID
-    max_iter = max_iter if max_iter is not None else 1000
-    adamw = {**ADAMW_DEFAULTS, **adamw_given}
-    manifest = open_manifest(data)
+    model_config = ConfigDict(extra="forbid")
+    solver: Literal[SOLVERS] = Field("lbfgs", description="scikit-learn L-BFGS (default) or MGCA's AdamW Linear layer")
+    c_grid: tuple[float, ...] | None = Field(None, description=f"lbfgs: inverse L2 strengths tried (default {C_GRID})")
+    max_iter: int | None = Field(None, description="lbfgs: iterations (default 1000)")
+    epochs: int | None = Field(None, description=f"adamw: at most this many epochs ({ADAMW_DEFAULTS['epochs']})")
+    patience: int | None = Field(None, description=f"adamw: early-stopping patience ({ADAMW_DEFAULTS['patience']})")
+    lr: float | None = Field(None, description=f"adamw: learning rate ({ADAMW_DEFAULTS['lr']})")
+    weight_decay: float | None = Field(None, description=f"adamw: weight decay ({ADAMW_DEFAULTS['weight_decay']})")
+    probe_batch_size: int | None = Field(None, description="adamw: training batch size "
+                                                           f"({ADAMW_DEFAULTS['probe_batch_size']})")
+    select: Literal[SELECT_CRITERIA] | None = Field(
+        None, description="what the validation split picks by: C for lbfgs (default auroc), the epoch for adamw "
+                          "(default loss, MGCA's rule; accuracy is MGLL's)")
+    batch_size: int = Field(64, description="feature extraction batch size")
+
+    @model_validator(mode="after")
+    def _solver_options(self):
+        adamw = {k for k in ADAMW_DEFAULTS if getattr(self, k) is not None}
+        lbfgs = {k for k in ("c_grid", "max_iter") if getattr(self, k) is not None}
+        wrong = adamw if self.solver == "lbfgs" else lbfgs
+        if wrong:
+            raise ValueError(f"linear probe: {', '.join(sorted(wrong))} do not apply to solver={self.solver!r} "
+                             f"(lbfgs takes c_grid, max_iter; adamw takes {', '.join(ADAMW_DEFAULTS)})")
+        return self
+
+    def resolved(self) -> dict[str, Any]:
+        """Every option the probe runs with, defaults filled in (what the result records)."""
+        if self.solver == "lbfgs":
+            solver = {"c_grid": list(self.c_grid or C_GRID), "max_iter": self.max_iter or 1000}
+        else:
+            solver = {k: getattr(self, k) if getattr(self, k) is not None else v for k, v in ADAMW_DEFAULTS.items()}
+        select = self.select or ("auroc" if self.solver == "lbfgs" else "loss")
+        return {"solver": self.solver, **solver, "select": select, "batch_size": self.batch_size,
+                "features": "backbone (pooled image tower output)"}
+
+
+def _has_labels(ctx: EvalContext) -> str | None:
+    return None if ctx.manifest.finding_names else "no record has a label"
+
+
+def _fit_adamw(train_x, train_y, test, valid, names, multiclass, opts, seed, description):
+    predict, fit = fit_linear_adamw(
+        train_x, train_y, multiclass, (valid.features, valid.labels) if valid is not None else None,
+        epochs=opts["epochs"], patience=opts["patience"], lr=opts["lr"], weight_decay=opts["weight_decay"],
+        batch_size=opts["probe_batch_size"], seed=seed, select=opts["select"], description=description)
+    scores = predict(test.features)
+    metrics = classification_metrics(scores, test.labels, names, multiclass,
+                                     predict(valid.features) if valid is not None else None,
+                                     valid.labels if valid is not None else None)
+    return scores, {**fit, "metrics": metrics}
+
+
+def _fit_lbfgs(train_x, train_y, test, valid, names, multiclass, opts):
+    scaler = StandardScaler().fit(train_x)  # L-BFGS converges far faster on standardised features
+    candidates = opts["c_grid"] if valid is not None else (1.0,)
+    fitted = {c: fit_logistic(scaler.transform(train_x), train_y, multiclass, c, opts["max_iter"]) for c in candidates}
+    valid_scores = {c: p(scaler.transform(valid.features)) for c, p in fitted.items()} if valid is not None else {}
+    sign = -1.0 if higher_is_better(opts["select"]) else 1.0
+    # Smallest C among the best: the strongest regularisation that does as well.
+    best = (min(candidates, key=lambda c: (sign * validation_score(opts["select"], valid_scores[c], valid.labels,
+                                                                   multiclass), c))
+            if valid is not None else 1.0)
+    scores = fitted[best](scaler.transform(test.features))
+    metrics = classification_metrics(scores, test.labels, names, multiclass, valid_scores.get(best),
+                                     valid.labels if valid is not None else None)
+    return scores, {"C": best, "metrics": metrics}
+
+
+@register_task("linear-probe", options=LinearProbeOptions, title="linear probe",
+               context=("valid_split", "seeds", "fractions", "fractions_dir", "cache_dir"),
+               help="a linear classifier on frozen backbone features, at label fractions", available=_has_labels,
+               tables=fraction_report("linear probe", CLASSIFICATION_COLUMNS),
+               console=fraction_console("linear probe", ["auroc", "ap", "f1", "accuracy"]),
+               headline=lambda metrics: fraction_headline(metrics, "auroc"), scores=True)
+def linear_probe_task(ctx: EvalContext, options: LinearProbeOptions) -> TaskResult:
+    """A linear classifier on frozen backbone features for each label fraction and seed; AUROC, AP, F1 and
+    accuracy on the context's split, their mean and standard deviation over seeds. The per-image scores
+    are those of the largest fraction's first seed."""
+    manifest, split = ctx.manifest, ctx.split
     for s in ("train", split):
         require_split(manifest, s, "the linear probe")
     names = require_findings(manifest, "the linear probe")
-    seeds = list(seeds)
-    encoder = encoder or load_encoder(checkpoint, model, seeds[0], device, imagenet_weights)
-    solver_options = {"c_grid": list(c_grid), "max_iter": max_iter} if solver == "lbfgs" else adamw
-    options = {"model": model, "fractions": [fraction_name(f) for f in fractions], "seeds": seeds,
-               "solver": solver, **solver_options, "select": select, "split": split, "valid_split": valid_split,
-               "features": "backbone (pooled image tower output)"}
-    result = Result("linear-probe", encoder, manifest, options, seeds)
+    opts = options.resolved()
+    result = TaskResult(opts, {})
 
     def features(s):
-        return extract_features(encoder, manifest, s, "backbone", batch_size, workers, cache_dir)
+        return extract_features(ctx.encoder, manifest, s, "backbone", options.batch_size, ctx.workers, ctx.cache_dir)
 
     train, test = features("train"), features(split)
-    valid = features(valid_split) if any(r.image for r in manifest.split(valid_split)) else None
+    valid = features(ctx.valid_split) if ctx.has_images(ctx.valid_split) else None
     if valid is None:
-        what = "C = 1.0" if solver == "lbfgs" else "every epoch runs, the last weights are scored"
-        note(f"split '{valid_split}' has no images: {what}, F1 at threshold 0.5", result.warnings)
+        what = "C = 1.0" if options.solver == "lbfgs" else "every epoch runs, the last weights are scored"
+        result.warn(f"split '{ctx.valid_split}' has no images: {what}, F1 at threshold 0.5")
     multiclass = is_multiclass(train.labels)
     row = {record_id: i for i, record_id in enumerate(train.ids)}
 
     runs = []
-    plan = fraction_plan(manifest, fractions, seeds, fractions_dir, full_once=True)
+    plan = fraction_plan(manifest, ctx.fractions, ctx.seeds, ctx.fractions_dir, full_once=True)
     for fraction, seed, ids in progress(plan, "linear probe", total=len(plan)):
         rows = np.array([row[i] for i in ids])
         x, y = train.features[rows], train.labels[rows]
-        if solver == "adamw":
-            predict, fit = fit_linear_adamw(
-                x, y, multiclass, (valid.features, valid.labels) if valid is not None else None,
-                epochs=adamw["epochs"], patience=adamw["patience"], lr=adamw["lr"],
-                weight_decay=adamw["weight_decay"], batch_size=adamw["probe_batch_size"], seed=seed,
-                select=select, description=f"linear probe {fraction_name(fraction)} seed {seed}")
-            metrics = classification_metrics(
-                predict(test.features), test.labels, names, multiclass,
-                predict(valid.features) if valid is not None else None, valid.labels if valid is not None else None)
-            runs.append({"fraction": fraction, "seed": seed, "n_train": len(ids), **fit, "metrics": metrics})
-            continue
-        scaler = StandardScaler().fit(x)  # L-BFGS converges far faster on standardised features
-        candidates = c_grid if valid is not None else (1.0,)
-        fitted = {c: fit_logistic(scaler.transform(x), y, multiclass, c, max_iter) for c in candidates}
-        valid_scores = {c: p(scaler.transform(valid.features)) for c, p in fitted.items()} if valid is not None else {}
-        sign = -1.0 if higher_is_better(select) else 1.0
-        # Smallest C among the best: the strongest regularisation that does as well.
-        best = (min(candidates, key=lambda c: (sign * validation_score(select, valid_scores[c], valid.labels, multiclass), c))
-                if valid is not None else 1.0)
-        metrics = classification_metrics(
-            fitted[best](scaler.transform(test.features)), test.labels, names, multiclass,
-            valid_scores.get(best), valid.labels if valid is not None else None)
-        runs.append({"fraction": fraction, "seed": seed, "n_train": len(ids), "C": best, "metrics": metrics})
+        if options.solver == "adamw":
+            scores, run = _fit_adamw(x, y, test, valid, names, multiclass, opts, seed,
+                                     f"linear probe {fraction_name(fraction)} seed {seed}")
+        else:
+            scores, run = _fit_lbfgs(x, y, test, valid, names, multiclass, opts)
+        runs.append({"fraction": fraction, "seed": seed, "n_train": len(ids), **run})
+        if fraction == max(ctx.fractions) and result.scores is None:
+            result.scores = PerImageScores(test.ids, names, scores, test.labels,
+                                           f"{fraction_name(fraction)} labels, seed {seed}")
+    return finish_classification(result, runs, multiclass, split)
 
-    return finish_classification(result, runs, multiclass, manifest, split, "linear probe", out)
+
+def linear_probe(checkpoint: str, data, *, out=None, encoder=None, **kwargs) -> dict:
+    """``evaluate("linear-probe", ...)``: ``kwargs`` are the context's fields (seeds, fractions, split,
+    valid_split, cache_dir ...) and ``LinearProbeOptions``' (solver, c_grid, select ...)."""
+    return evaluate("linear-probe", checkpoint, data, out=out, encoder=encoder, **kwargs)

@@ -8,20 +8,19 @@ query is never charged for the arbitrary order of identical texts.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from medgrain.data.text import text_ids
-from medgrain.evaluation.common import (
-    Result,
-    image_dataset,
-    load_encoder,
-    open_manifest,
-    print_table,
-    require_split,
-    write_result,
-)
+from medgrain.evaluation.context import EvalContext
+from medgrain.evaluation.data import image_dataset, require_split
 from medgrain.evaluation.features import encode_texts, extract_features
 from medgrain.evaluation.metrics import recall_metrics, retrieval_ranks
+from medgrain.evaluation.present import Table
+from medgrain.evaluation.registry import evaluate, register_task
+from medgrain.evaluation.results import TaskResult
 
 KS = (1, 5, 10)
 
@@ -38,31 +37,65 @@ def texts_of(records, source: str) -> list[str]:
     return texts
 
 
-def retrieval(checkpoint: str, data, *, text: str = "all", split: str = "test", model: str = "tiny",
-              batch_size: int = 64, workers: int = 0, cache_dir=None, device=None, seed: int = 0,
-              imagenet_weights: str | None = None, out=None, encoder=None) -> dict:
-    """Image→text and text→image Recall@1/5/10 and median rank on ``split``.
+class RetrievalOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field("all", description="'report', a granularity, or 'all' (the report, if any, and every granularity)")
+    batch_size: int = Field(64, description="feature extraction batch size")
 
-    ``text``: ``report``, a granularity name, or ``all`` (the report, if the data has reports, and
-    every granularity)."""
-    manifest = open_manifest(data)
+
+def retrieval_tables(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    tables = {}
+    for source, values in metrics.get("by_text", {}).items():
+        row = {}
+        for direction, arrow in (("image_to_text", "i→t"), ("text_to_image", "t→i")):
+            for key in ("R@1", "R@5", "R@10", "median_rank"):
+                row[f"{arrow} {key.replace('_', ' ')}"] = values.get(direction, {}).get(key)
+        tables[f"retrieval ({source})"] = row
+    return tables
+
+
+def retrieval_headline(metrics: dict[str, Any]) -> tuple[str, Any]:
+    source, values = next(iter(metrics["by_text"].items()))
+    return (f"{source} image→text R@1", values["image_to_text"]["R@1"])
+
+
+def retrieval_console(record: dict[str, Any]) -> list[Table]:
+    by_text = record["metrics"]["by_text"]
+    columns = [f"R@{k}" for k in record["options"]["ks"]] + ["median_rank"]
+    queries = next(iter(by_text.values()))["queries"] if by_text else 0
+    return [Table(f"retrieval on {record['options']['split']} ({queries} records): {record['data']}",
+                  ["text", "distinct", *(f"i→t {c}" for c in columns), *(f"t→i {c}" for c in columns)],
+                  [[s, m["distinct_texts"], *(m["image_to_text"][c] for c in columns),
+                    *(m["text_to_image"][c] for c in columns)] for s, m in by_text.items()])]
+
+
+def _has_texts(ctx: EvalContext) -> str | None:
+    records = [r for r in ctx.manifest.records if r.image is not None]
+    return None if ctx.manifest.granularities or any(r.report for r in records) else "the records have no texts"
+
+
+@register_task("retrieval", options=RetrievalOptions, context=("cache_dir",), title="retrieval",
+               help="image-text retrieval: Recall@1/5/10 and median rank, both directions",
+               available=_has_texts, tables=retrieval_tables, console=retrieval_console, headline=retrieval_headline)
+def retrieval_task(ctx: EvalContext, options: RetrievalOptions) -> TaskResult:
+    """Image→text and text→image Recall@1/5/10 and median rank on the context's split, for the report, a
+    granularity, or all of them (``options.text``)."""
+    manifest, split, text = ctx.manifest, ctx.split, options.text
     require_split(manifest, split, "retrieval")
     records = image_dataset(manifest, split, None).records
     sources = [text] if text != "all" else (
         (["report"] if any(r.report for r in records) else []) + manifest.granularities)
     if not sources:
         raise ValueError(f"{manifest.path}: the records have neither reports nor texts; retrieval needs texts")
-    encoder = encoder or load_encoder(checkpoint, model, seed, device, imagenet_weights)
-    options = {"text": text, "split": split, "model": model, "batch_size": batch_size, "ks": list(KS)}
-    result = Result("retrieval", encoder, manifest, options, seed)
+    result = TaskResult({**options.model_dump(mode="json"), "ks": list(KS)}, {})
 
-    images = torch.from_numpy(extract_features(encoder, manifest, split, "embedding", batch_size, workers,
-                                               cache_dir).features)
+    images = torch.from_numpy(extract_features(ctx.encoder, manifest, split, "embedding", options.batch_size,
+                                               ctx.workers, ctx.cache_dir).features)
     by_text = {}
     for source in sources:
         texts = texts_of(records, source)
         keys = text_ids(texts)
-        similarity = images @ encode_texts(encoder, texts).T
+        similarity = images @ encode_texts(ctx.encoder, texts).T
         by_text[source] = {
             "image_to_text": recall_metrics(retrieval_ranks(similarity, keys, keys), KS),
             "text_to_image": recall_metrics(retrieval_ranks(similarity.T, keys, keys), KS),
@@ -70,10 +103,9 @@ def retrieval(checkpoint: str, data, *, text: str = "all", split: str = "test", 
             "distinct_texts": len(set(texts)),
         }
     result.metrics = {"by_text": by_text}
+    return result
 
-    columns = [f"R@{k}" for k in KS] + ["median_rank"]
-    print_table(f"retrieval on {split} ({len(records)} records): {manifest.path}",
-                ["text", "distinct", *(f"i→t {c}" for c in columns), *(f"t→i {c}" for c in columns)],
-                [[s, m["distinct_texts"], *(m["image_to_text"][c] for c in columns),
-                  *(m["text_to_image"][c] for c in columns)] for s, m in by_text.items()])
-    return write_result(result.to_dict(), out)
+
+def retrieval(checkpoint: str, data, *, out=None, encoder=None, **kwargs) -> dict:
+    """``evaluate("retrieval", ...)``: ``kwargs`` are the context's fields and ``RetrievalOptions``'."""
+    return evaluate("retrieval", checkpoint, data, out=out, encoder=encoder, **kwargs)

@@ -16,32 +16,25 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 from segmentation_models_pytorch.base import SegmentationHead
 from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoder
 from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
 from medgrain.data.transforms import segmentation_train_transform
-from medgrain.evaluation.common import (
-    FrozenEncoder,
-    Result,
-    by_fraction,
-    fit_with_early_stopping,
-    image_dataset,
-    image_loader,
-    load_encoder,
-    note,
-    open_manifest,
-    print_fraction_table,
-    require_split,
-    subset,
-    write_result,
-)
-from medgrain.evaluation.fractions import FRACTIONS, fraction_name, fraction_plan
+from medgrain.evaluation.context import EvalContext
+from medgrain.evaluation.data import image_dataset, image_loader, require_split, subset
+from medgrain.evaluation.fitting import FrozenEncoder, fit_with_early_stopping
+from medgrain.evaluation.fractions import fraction_name, fraction_plan
 from medgrain.evaluation.metrics import dice_per_image
+from medgrain.evaluation.present import fraction_console, fraction_headline, fraction_report
+from medgrain.evaluation.registry import evaluate, register_task
+from medgrain.evaluation.results import TaskResult, by_fraction
 
 UNET_DECODER_CHANNELS = (256, 128, 64, 32, 16)  # smp's defaults
 SETR_CHANNELS = (512, 256, 128, 64)  # MGCA's ViT segmenter
@@ -150,89 +143,118 @@ def mask_records(dataset, finding: str | None) -> list[int]:
     return keep
 
 
-def segment(checkpoint: str, data, *, model: str = "tiny", finding: str | None = None, freeze: bool = True,
-            fractions=FRACTIONS, seeds=(0, 1, 2), epochs: int = 50, patience: int = 10, lr: float = 5e-4,
-            weight_decay: float = 0.05, batch_size: int = 16, threshold: float = 0.5, split: str = "test",
-            valid_split: str = "valid", fractions_dir=None, workers: int = 0, device=None,
-            imagenet_weights: str | None = None, out=None, encoder=None) -> dict:
-    """Train a segmentation decoder (and the encoder unless ``freeze``) per label fraction and seed;
-    per-image Dice on ``split``. The target is the union of every finding's mask, or the mask of
-    ``finding``."""
-    manifest = open_manifest(data)
-    for s in ("train", split):
-        require_split(manifest, s, "segmentation")
+class SegmentOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    # What `evaluate all` sizes for the data when the user does not set it (suite.sized_defaults).
+    sized: ClassVar[tuple[str, ...]] = ("epochs", "patience", "batch_size")
+    finding: str | None = Field(None, description="segment one finding (default: the union of every finding's mask)")
+    freeze: bool = Field(True, description="keep the encoder frozen, in eval mode (--no-freeze trains it too)")
+    epochs: int = Field(50, description="at most this many epochs")
+    patience: int = Field(10, description="early stopping: epochs without a lower validation loss")
+    lr: float = Field(5e-4, description="AdamW learning rate")
+    weight_decay: float = Field(0.05, description="AdamW weight decay")
+    batch_size: int = Field(16, description="training and scoring batch size")
+    threshold: float = Field(0.5, description="probability above which a pixel is predicted positive")
+
+
+def _has_masks(ctx: EvalContext) -> str | None:
+    masked = any(f.mask for r in ctx.manifest.records if r.image is not None for f in r.findings)
+    return None if masked else "no finding has a mask"
+
+
+class _MaskData:
+    """The splits' records whose ground truth is complete, and the target each batch is scored on."""
+
+    def __init__(self, ctx: EvalContext, options: SegmentOptions, result: TaskResult):
+        self.ctx, self.options, self.result = ctx, options, result
+        names = ctx.manifest.finding_names
+        self.finding_index = names.index(options.finding) if options.finding else None
+
+    def usable(self, split: str, transform):
+        dataset = image_dataset(self.ctx.manifest, split, transform, masks=True)
+        keep = mask_records(dataset, self.options.finding)
+        if len(keep) < len(dataset):
+            self.result.warn(f"split '{split}': {len(dataset) - len(keep)} records left out, labelled with a "
+                             "finding that has no mask")
+        return dataset, keep
+
+    def loader(self, split: str):
+        dataset, keep = self.usable(split, self.ctx.encoder.transform)
+        return image_loader(torch.utils.data.Subset(dataset, keep), self.options.batch_size, workers=self.ctx.workers)
+
+    def target(self, batch) -> torch.Tensor:
+        masks = batch["masks"]
+        target = masks.any(1) if self.finding_index is None else masks[:, self.finding_index]
+        return target.unsqueeze(1).float().to(self.ctx.device)
+
+    @torch.no_grad()
+    def evaluate(self, segmenter, loader) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Per-image Dice, which images have a positive pixel, and the mean loss over ``loader``."""
+        dice, positive, losses = [], [], []
+        for batch in loader:
+            logits = segmenter(batch["images"].to(self.ctx.device))
+            target = self.target(batch)
+            losses.append(float(segmentation_loss(logits, target)) * len(target))
+            dice.append(dice_per_image(logits.sigmoid()[:, 0].cpu() >= self.options.threshold,
+                                       target[:, 0].cpu().bool()))
+            positive.append(target.flatten(1).any(1).cpu())
+        return torch.cat(dice), torch.cat(positive), sum(losses) / sum(len(d) for d in dice)
+
+
+def _check_masks(manifest, finding: str | None) -> None:
     with_masks = {f.name for r in manifest.records for f in r.findings if f.mask}
     if not with_masks:
         raise ValueError(f"{manifest.path}: no finding has a mask; segmentation needs masks "
                          "(findings[].mask in the manifest, docs/manifest.md)")
     if finding is not None and finding not in with_masks:
         raise ValueError(f"{manifest.path}: finding {finding!r} has no masks; findings with masks: {sorted(with_masks)}")
-    seeds = list(seeds)
-    encoder = encoder or load_encoder(checkpoint, model, seeds[0], device, imagenet_weights)
-    options = {"model": model, "finding": finding, "target": finding or "union of all findings' masks",
-               "freeze": freeze, "decoder": "U-Net (smp)" if encoder.is_cnn else "SETR-PUP",
-               "fractions": [fraction_name(f) for f in fractions], "seeds": seeds, "epochs": epochs,
-               "patience": patience, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size,
-               "threshold": threshold, "split": split, "valid_split": valid_split,
-               "loss": "10 * focal - log(soft dice)"}
-    result = Result("segment", encoder, manifest, options, seeds)
-    finding_index = manifest.finding_names.index(finding) if finding else None
-    device = next(encoder.model.parameters()).device
 
-    def target_of(batch) -> torch.Tensor:
-        masks = batch["masks"]
-        target = masks.any(1) if finding_index is None else masks[:, finding_index]
-        return target.unsqueeze(1).float().to(device)
 
-    def usable(s: str, transform):
-        dataset = image_dataset(manifest, s, transform, masks=True)
-        keep = mask_records(dataset, finding)
-        if len(keep) < len(dataset):
-            note(f"split '{s}': {len(dataset) - len(keep)} records left out, labelled with a finding "
-                 "that has no mask", result.warnings)
-        return dataset, keep
-
-    train_set, train_keep = usable("train", segmentation_train_transform(encoder.preprocess))
-    test_set, test_keep = usable(split, encoder.transform)
-    test_loader = image_loader(torch.utils.data.Subset(test_set, test_keep), batch_size, workers=workers)
-    valid_loader = None
-    if any(r.image for r in manifest.split(valid_split)):
-        valid_set, valid_keep = usable(valid_split, encoder.transform)
-        valid_loader = image_loader(torch.utils.data.Subset(valid_set, valid_keep), batch_size, workers=workers)
-    else:
-        note(f"split '{valid_split}' has no images: every epoch runs and the last weights are scored", result.warnings)
+@register_task("segment", options=SegmentOptions, title="segmentation",
+               context=("valid_split", "seeds", "fractions", "fractions_dir"),
+               help="a segmentation decoder on the pretrained tower (U-Net or SETR-PUP), per-image Dice",
+               available=_has_masks,
+               tables=fraction_report("segmentation", (("dice", "Dice"), ("dice_positive", "Dice (positive)"))),
+               console=fraction_console("segmentation", ["dice", "dice_positive", "dice_negative"]),
+               headline=lambda metrics: fraction_headline(metrics, "dice"))
+def segment_task(ctx: EvalContext, options: SegmentOptions) -> TaskResult:
+    """Train a segmentation decoder (and the encoder unless ``freeze``) per label fraction and seed;
+    per-image Dice on the context's split. The target is the union of every finding's mask, or the mask
+    of ``finding``."""
+    manifest, split, encoder, batch_size = ctx.manifest, ctx.split, ctx.encoder, options.batch_size
+    for s in ("train", split):
+        require_split(manifest, s, "segmentation")
+    _check_masks(manifest, options.finding)
+    result = TaskResult({**options.model_dump(mode="json"), "target": options.finding or "union of all findings' masks",
+                         "decoder": "U-Net (smp)" if encoder.is_cnn else "SETR-PUP",
+                         "loss": "10 * focal - log(soft dice)"}, {})
+    data = _MaskData(ctx, options, result)
+    train_set, train_keep = data.usable("train", segmentation_train_transform(encoder.preprocess))
+    test_loader = data.loader(split)
+    valid_loader = data.loader(ctx.valid_split) if ctx.has_images(ctx.valid_split) else None
+    if valid_loader is None:
+        result.warn(f"split '{ctx.valid_split}' has no images: every epoch runs and the last weights are scored")
     train_usable = {train_set.records[i].id for i in train_keep}
 
-    @torch.no_grad()
-    def evaluate(segmenter, loader) -> tuple[torch.Tensor, torch.Tensor, float]:
-        dice, positive, losses = [], [], []
-        for batch in loader:
-            logits = segmenter(batch["images"].to(device))
-            target = target_of(batch)
-            losses.append(float(segmentation_loss(logits, target)) * len(target))
-            dice.append(dice_per_image(logits.sigmoid()[:, 0].cpu() >= threshold, target[:, 0].cpu().bool()))
-            positive.append(target.flatten(1).any(1).cpu())
-        return torch.cat(dice), torch.cat(positive), sum(losses) / sum(len(d) for d in dice)
-
     runs = []
-    for fraction, seed, ids in fraction_plan(manifest, fractions, seeds, fractions_dir):
+    for fraction, seed, ids in fraction_plan(manifest, ctx.fractions, ctx.seeds, ctx.fractions_dir):
         torch.manual_seed(seed)
-        segmenter = build_segmenter(encoder, freeze).to(device)
+        segmenter = build_segmenter(encoder, options.freeze).to(ctx.device)
         records = subset(train_set, [i for i in ids if i in train_usable])
-        loader = image_loader(records, min(batch_size, len(records)), shuffle=True, workers=workers, seed=seed,
+        loader = image_loader(records, min(batch_size, len(records)), shuffle=True, workers=ctx.workers, seed=seed,
                               drop_last=len(records) > batch_size)
         trainable = [p for p in segmenter.parameters() if p.requires_grad]
 
         def batch_loss(batch, segmenter=segmenter):
-            return segmentation_loss(segmenter(batch["images"].to(device)), target_of(batch))
+            return segmentation_loss(segmenter(batch["images"].to(ctx.device)), data.target(batch))
 
         def validate(segmenter=segmenter):
-            return evaluate(segmenter, valid_loader)[2]
+            return data.evaluate(segmenter, valid_loader)[2]
 
         fit = fit_with_early_stopping(segmenter, trainable, loader, batch_loss, validate if valid_loader else None,
-                                      epochs, patience, lr, weight_decay,
+                                      options.epochs, options.patience, options.lr, options.weight_decay,
                                       f"segment {fraction_name(fraction)} seed {seed}")
-        dice, positive, _ = evaluate(segmenter, test_loader)
+        dice, positive, _ = data.evaluate(segmenter, test_loader)
         metrics = {"macro": {
             "dice": float(dice.mean()),
             "dice_positive": float(dice[positive].mean()) if positive.any() else None,
@@ -242,7 +264,10 @@ def segment(checkpoint: str, data, *, model: str = "tiny", finding: str | None =
 
     result.metrics = {"fractions": by_fraction(runs)}
     if not any(r["metrics"]["positive_images"] for r in runs):
-        note(f"split '{split}' has no image with a mask: Dice only measures empty predictions", result.warnings)
-    print_fraction_table(f"segmentation ({options['decoder']}, {options['target']}) on {split}: {manifest.path}",
-                         result.metrics["fractions"], ["dice", "dice_positive", "dice_negative"])
-    return write_result(result.to_dict(), out)
+        result.warn(f"split '{split}' has no image with a mask: Dice only measures empty predictions")
+    return result
+
+
+def segment(checkpoint: str, data, *, out=None, encoder=None, **kwargs) -> dict:
+    """``evaluate("segment", ...)``: ``kwargs`` are the context's fields and ``SegmentOptions``'."""
+    return evaluate("segment", checkpoint, data, out=out, encoder=encoder, **kwargs)

@@ -1,31 +1,34 @@
-"""The whole downstream suite on one checkpoint and one manifest, with defaults sized for the data,
-written as one JSON (rewritten after every task, so a long run that stops keeps what it finished)."""
+"""The whole downstream suite on one checkpoint and one manifest, with defaults sized for the data.
+
+``run_suite(ctx, ...)`` runs every registered task that the data and the encoder allow (the others are
+listed with the reason) and returns one result; ``on_task`` is called after each task, so a caller can
+rewrite its JSON and a long run that stops keeps what it finished. ``evaluate_all`` is the Python entry.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from medgrain.evaluation.common import (
-    Result,
-    load_encoder,
-    note,
-    open_manifest,
-    print_table,
-    split_sizes,
-    write_result,
-)
-from medgrain.evaluation.detection import detect
-from medgrain.evaluation.finetune import finetune
+from pydantic import BaseModel
+
+from medgrain.evaluation.context import ContextOptions, EvalContext
+from medgrain.evaluation.data import split_sizes
 from medgrain.evaluation.fractions import FRACTIONS, fraction_name
-from medgrain.evaluation.linear_probe import linear_probe
-from medgrain.evaluation.metrics import require_coco_evaluation
-from medgrain.evaluation.retrieval import retrieval
-from medgrain.evaluation.segmentation import segment
-from medgrain.evaluation.zeroshot import zero_shot
+from medgrain.evaluation.registry import (
+    EVAL_TASKS,
+    make_options,
+    open_context,
+    run_task,
+    task_spec,
+)
+from medgrain.evaluation.results import TaskResult, result_record, write_result
 
-TASKS = ("zero-shot", "retrieval", "linear-probe", "finetune", "segment", "detect")
+logger = logging.getLogger(__name__)
 
 
 def sized_defaults(manifest) -> dict:
@@ -36,6 +39,8 @@ def sized_defaults(manifest) -> dict:
     - epochs: about 20,000 training images seen at 100% (50 for small data, as in the papers, down
       to 10 for large data), patience a fifth of that;
     - batch size: 8 to 32, an eighth of the training split.
+
+    They apply to the options a task's options class lists in ``sized``, where the user set none.
     """
     n_train = split_sizes(manifest)["train"]
     minimum = 2 * max(1, len(manifest.finding_names))
@@ -44,102 +49,94 @@ def sized_defaults(manifest) -> dict:
     return {"fractions": fractions, "epochs": epochs, "batch_size": int(min(32, max(8, n_train // 8)))}
 
 
-def _available(task: str, manifest, encoder) -> str | None:
-    """Why ``task`` cannot run on this data and encoder, or None."""
-    records = [r for r in manifest.records if r.image is not None]
-    if task in ("zero-shot", "linear-probe", "finetune") and not manifest.finding_names:
-        return "no record has a label"
-    if task == "retrieval" and not (manifest.granularities or any(r.report for r in records)):
-        return "the records have no texts"
-    if task == "segment" and not any(f.mask for r in records for f in r.findings):
-        return "no finding has a mask"
-    if task == "detect":
-        if not any(f.box for r in records for f in r.findings):
-            return "no finding has a box"
-        if not encoder.is_cnn:
-            return f"detection needs a ResNet (CNN) image tower; this one is {encoder.config.image.name}"
-        try:
-            require_coco_evaluation()
-        except ModuleNotFoundError as e:
-            return str(e)
-    return None
-
-
-def evaluate_all(checkpoint: str, data, out=None, *, model: str = "tiny", tasks=TASKS, seeds=(0, 1, 2),
-                 fractions=None, epochs: int | None = None, prompts=None, domain: str | None = None,
-                 fractions_dir=None, cache_dir=None, workers: int = 0, device=None,
-                 imagenet_weights: str | None = None) -> dict:
-    """Run every task that the data and the encoder allow (the others are listed with the reason)."""
-    manifest = open_manifest(data)
-    unknown = sorted(set(tasks) - set(TASKS))
-    if unknown:
-        raise ValueError(f"unknown tasks {unknown}; known: {list(TASKS)}")
-    sized = sized_defaults(manifest)
-    fractions = tuple(fractions) if fractions else sized["fractions"]
-    epochs = epochs or sized["epochs"]
-    patience = max(3, epochs // 5)
-    seeds = list(seeds)
-    encoder = load_encoder(checkpoint, model, seeds[0], device, imagenet_weights)
-    options = {"model": model, "tasks": list(tasks), "seeds": seeds, "fractions": [fraction_name(f) for f in fractions],
-               "epochs": epochs, "patience": patience, "batch_size": sized["batch_size"]}
-    suite = Result("all", encoder, manifest, options, seeds)
-    skipped_fractions = [fraction_name(f) for f in FRACTIONS if f not in fractions]
-    if skipped_fractions:
-        note(f"label fractions {skipped_fractions} left out: fewer than 2 records per finding "
-             f"in {split_sizes(manifest)['train']} training records", suite.warnings)
-
-    common = {"fractions_dir": fractions_dir, "workers": workers}
-    trained = {**common, "fractions": fractions, "seeds": seeds, "epochs": epochs, "patience": patience,
-               "batch_size": sized["batch_size"]}
-    calls = {
-        "zero-shot": lambda: zero_shot(checkpoint, manifest, encoder=encoder, prompts=prompts, domain=domain,
-                                       cache_dir=cache_dir, workers=workers),
-        "retrieval": lambda: retrieval(checkpoint, manifest, encoder=encoder, cache_dir=cache_dir, workers=workers),
-        "linear-probe": lambda: linear_probe(checkpoint, manifest, encoder=encoder, fractions=fractions, seeds=seeds,
-                                             cache_dir=cache_dir, **common),
-        "finetune": lambda: finetune(checkpoint, manifest, encoder=encoder, **trained),
-        "segment": lambda: segment(checkpoint, manifest, encoder=encoder, **trained),
-        "detect": lambda: detect(checkpoint, manifest, encoder=encoder, **trained),
-    }
-    results: dict[str, dict] = {}
+def suite_options(tasks: list[str], given: dict[str, Any], sized: dict[str, Any]) -> dict[str, BaseModel]:
+    """Each task's options: the given values its options class has, then the sized ones it lists in
+    ``sized``. A given option that no task takes is an error (it would silently do nothing)."""
+    options, used = {}, set()
     for task in tasks:
-        reason = _available(task, manifest, encoder)
-        started = time.time()
-        if reason:
-            results[task] = {"skipped": reason}
-            note(f"{task} skipped: {reason}", suite.warnings)
+        spec = task_spec(task)
+        fields = spec.options.model_fields
+        values = {k: v for k, v in given.items() if k in fields}
+        used |= set(values)
+        for key in getattr(spec.options, "sized", ()):
+            values.setdefault(key, sized[key])
+        options[task] = make_options(spec, values)
+    unused = sorted(set(given) - used)
+    if unused:
+        raise ValueError(f"evaluate all: option(s) {', '.join(unused)} apply to none of the tasks {tasks}")
+    return options
+
+
+def _run_one(task: str, ctx: EvalContext, options: BaseModel) -> dict[str, Any]:
+    """A task's entry in the suite: its options, metrics, warnings (and scores), or why it did not run."""
+    spec = task_spec(task)
+    started = time.time()
+    reason = spec.available(ctx) if spec.available else None
+    if reason:
+        entry = {"skipped": reason}
+        logger.warning("%s skipped: %s", task, reason)
+    else:
+        try:
+            record = run_task(task, ctx, options)
+            entry = {k: record[k] for k in ("options", "metrics", "warnings", "scores") if k in record}
+        except (ValueError, RuntimeError, OSError) as e:  # one task's failure must not lose the others
+            entry = {"error": f"{type(e).__name__}: {e}"}
+            logger.warning("%s failed: %s", task, e)
+    entry["elapsed_s"] = round(time.time() - started, 2)
+    return entry
+
+
+def run_suite(ctx: EvalContext, tasks: list[str] | None = None, epochs: int | None = None,
+              on_task: Callable[[dict[str, Any]], None] | None = None, **given: Any) -> dict[str, Any]:
+    """Every task of ``tasks`` (default: every registered task) the data and the encoder allow; the suite's
+    result JSON, with ``metrics[task]`` each task's options, metrics, warnings and scores, or ``skipped``
+    or ``error``. ``given``: task options, each passed to the tasks whose options class has it."""
+    tasks = list(tasks) if tasks else EVAL_TASKS.names()
+    for task in tasks:
+        task_spec(task)  # an unknown name fails before anything runs
+    sized = sized_defaults(ctx.manifest)
+    if epochs:
+        sized["epochs"] = epochs
+    sized["patience"] = max(3, sized["epochs"] // 5)
+    options = suite_options(tasks, given, sized)
+    started = time.time()
+    suite = TaskResult({"tasks": tasks, "seeds": list(ctx.seeds), "fractions": [fraction_name(f) for f in ctx.fractions],
+                        **{k: sized[k] for k in ("epochs", "patience", "batch_size")}}, {})
+    skipped = [fraction_name(f) for f in FRACTIONS if f not in ctx.fractions]
+    if skipped:
+        suite.warn(f"label fractions {skipped} left out: fewer than 2 records per finding "
+                   f"in {split_sizes(ctx.manifest)['train']} training records")
+    suite.options = {**ctx.describe(("seeds", "fractions")), **suite.options}
+    record = {}
+    for task in tasks:
+        suite.metrics[task] = _run_one(task, ctx, options[task])
+        record = result_record("all", ctx, suite, list(ctx.seeds), time.time() - started)
+        if on_task is not None:
+            on_task(record)
+    return record
+
+
+def evaluate_all(checkpoint: str | Path, data, out: str | Path | None = None, *, tasks=None, epochs: int | None = None,
+                 encoder=None, **kwargs: Any) -> dict[str, Any]:
+    """``run_suite`` from the user's words: ``kwargs`` are the context's fields (``ContextOptions``; the
+    fractions default to those the training split can fill) and options of the tasks. The JSON is
+    rewritten to ``out`` after every task."""
+    context = {k: v for k, v in kwargs.items() if k in ContextOptions.model_fields}
+    given = {k: v for k, v in kwargs.items() if k not in context}
+    ctx = open_context(checkpoint, data, encoder=encoder, **context)
+    if "fractions" not in context:
+        ctx.fractions = sized_defaults(ctx.manifest)["fractions"]
+    return run_suite(ctx, tasks, epochs, on_task=lambda record: write_result(record, out), **given)
+
+
+def suite_tables(record: dict[str, Any]):
+    """The suite's console summary: one row per task with its headline number, or why it did not run."""
+    from medgrain.evaluation.present import Table
+
+    rows = []
+    for task, entry in record["metrics"].items():
+        if "skipped" in entry or "error" in entry:
+            rows.append([task, "skipped" if "skipped" in entry else "error", entry.get("skipped") or entry.get("error")])
         else:
-            try:
-                done = calls[task]()
-                results[task] = {k: done[k] for k in ("options", "metrics", "warnings")}
-            except (ValueError, RuntimeError, OSError) as e:  # one task's failure must not lose the others
-                results[task] = {"error": f"{type(e).__name__}: {e}"}
-                note(f"{task} failed: {e}", suite.warnings)
-        results[task]["elapsed_s"] = round(time.time() - started, 2)
-        suite.metrics = results
-        write_result(suite.to_dict(), out)
-
-    print_table(f"evaluation suite: {encoder.checkpoint} on {Path(manifest.path)}", ["task", "headline", "value"],
-                [[task, *headline(task, r)] for task, r in results.items()])
-    return suite.to_dict()
-
-
-# What `medgrain evaluate TASK` calls: every function takes (checkpoint, data, *, ..., out=...).
-TASK_FUNCTIONS = {"zero-shot": zero_shot, "retrieval": retrieval, "linear-probe": linear_probe, "finetune": finetune,
-                  "segment": segment, "detect": detect, "all": evaluate_all}
-
-
-def headline(task: str, result: dict) -> tuple[str, object]:
-    """The one number of a task for the summary table (the largest label fraction for trained tasks)."""
-    if "skipped" in result or "error" in result:
-        return ("skipped" if "skipped" in result else "error", result.get("skipped") or result.get("error"))
-    metrics = result["metrics"]
-    if task == "zero-shot":
-        return ("macro AUROC" if metrics["mode"] == "pairs" else "accuracy",
-                metrics["macro"]["auroc" if metrics["mode"] == "pairs" else "accuracy"])
-    if task == "retrieval":
-        source, values = next(iter(metrics["by_text"].items()))
-        return (f"{source} image→text R@1", values["image_to_text"]["R@1"])
-    name, fraction = next(reversed(metrics["fractions"].items()))
-    key = {"segment": "dice", "detect": "map_40_75"}.get(task, "auroc")
-    return (f"{key} at {name} labels", fraction["macro"][key])
+            rows.append([task, *task_spec(task).headline(entry["metrics"])])
+    return [Table(f"evaluation suite: {record['checkpoint']} on {record['data']}", ["task", "headline", "value"], rows)]

@@ -14,28 +14,21 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from medgrain.evaluation.common import (
-    Result,
-    is_multiclass,
-    load_encoder,
-    note,
-    open_manifest,
-    per_class_rows,
-    print_table,
-    require_findings,
-    require_split,
-    write_result,
-)
+from medgrain.evaluation.context import EvalContext
+from medgrain.evaluation.data import is_multiclass, require_findings, require_split
 from medgrain.evaluation.features import encode_texts, extract_features
 from medgrain.evaluation.metrics import f1_thresholds, multiclass_metrics, multilabel_metrics
+from medgrain.evaluation.present import Table, per_class_rows, record_title
+from medgrain.evaluation.registry import evaluate, register_task
+from medgrain.evaluation.results import PerImageScores, TaskResult
 
 ENSEMBLE = "ensemble"
 
@@ -111,51 +104,93 @@ def class_embeddings(encoder, templates: list[str], names: list[str], prompts: P
     return F.normalize(embeddings.mean(1), dim=-1)
 
 
-def zero_shot(checkpoint: str, data, *, model: str = "tiny", mode: Literal["auto", "pairs", "softmax"] = "auto",
-              prompts: str | Path | None = None, domain: str | None = None, split: str = "test",
-              threshold_split: str = "valid", batch_size: int = 64, workers: int = 0, cache_dir=None,
-              device=None, seed: int = 0, imagenet_weights: str | None = None, out=None,
-              encoder=None) -> dict:
-    """Zero-shot classification of ``split`` by prompts at every granularity and their ensemble.
+class ZeroShotOptions(BaseModel):
+    """Options of zero-shot classification (the split, the threshold split and the cache are the context's)."""
 
-    ``mode``: ``pairs`` (positive vs negative prompt per finding, multi-label), ``softmax`` (over
-    the findings, multi-class), ``auto`` (softmax when every record has exactly one label).
-    F1 and accuracy use per-finding thresholds chosen for the best F1 on ``threshold_split``."""
-    manifest = open_manifest(data)
+    model_config = ConfigDict(extra="forbid")
+    mode: Literal["auto", "pairs", "softmax"] = Field(
+        "auto", description="pairs: a positive and a negative prompt per finding (multi-label); softmax over the "
+                            "findings (multi-class); auto: softmax when every record has exactly one label")
+    prompts: Path | None = Field(None, description="prompt templates (YAML or JSON, see docs/evaluation.md)")
+    domain: Literal[tuple(DEFAULT_PROMPTS)] | None = Field(
+        None, description="whose default prompts (default: the records' domain)")
+    batch_size: int = Field(64, description="feature extraction batch size")
+
+
+def _score_by_prompts(ctx: EvalContext, options: ZeroShotOptions, result: TaskResult, mode: str, names: list[str]):
+    """(prompts, positives, negatives, usable granularities): the prompt embeddings per granularity and
+    their ensemble."""
+    prompt_set = load_prompts(options.prompts) if options.prompts else default_prompts(ctx.manifest, options.domain)
+    positives, negatives = {}, {}
+    for granularity, templates in prompt_set.templates.items():
+        positives[granularity] = class_embeddings(ctx.encoder, templates.positive, names, prompt_set)
+        if templates.negative:
+            negatives[granularity] = class_embeddings(ctx.encoder, templates.negative, names, prompt_set)
+        elif mode == "pairs":
+            result.warn(f"granularity '{granularity}' has no negative prompts; it is left out of the pairwise scores")
+    usable = list(negatives) if mode == "pairs" else list(positives)
+    if not usable:
+        raise ValueError("no granularity has both positive and negative prompts; pairwise zero-shot needs both")
+    for embeddings in (positives, negatives) if mode == "pairs" else (positives,):
+        embeddings[ENSEMBLE] = F.normalize(torch.stack([embeddings[g] for g in usable]).mean(0), dim=-1)
+    return prompt_set, positives, negatives, usable
+
+
+def zero_shot_tables(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    macro = metrics.get("macro", {})
+    first = ("accuracy", "AUROC", "AP", "F1") if metrics.get("mode") == "softmax" else ("AUROC", "AP", "F1", "accuracy")
+    return {"zero-shot": {label: macro.get(label.lower()) for label in first}}
+
+
+def zero_shot_headline(metrics: dict[str, Any]) -> tuple[str, Any]:
+    key = "auroc" if metrics["mode"] == "pairs" else "accuracy"
+    return ("macro AUROC" if key == "auroc" else "accuracy", metrics["macro"][key])
+
+
+def zero_shot_console(record: dict[str, Any]) -> list[Table]:
+    metrics = record["metrics"]
+    mode, by_prompt, names = metrics["mode"], metrics["by_prompt"], list(metrics["per_class"])
+    columns = ["auroc", "ap", "f1", "accuracy"] if mode == "pairs" else ["auroc", "ap", "f1"]
+    tables = [Table(record_title(f"zero-shot ({mode}, prompt ensemble)", record), ["finding", *columns],
+                    per_class_rows(metrics, names, columns))]
+    if mode == "softmax":
+        tables.append(Table("zero-shot accuracy", ["prompts", "accuracy"],
+                            [[g, m["macro"]["accuracy"]] for g, m in by_prompt.items()]))
+    tables.append(Table("zero-shot by granularity", ["prompts", "AUROC", "AP", "F1"],
+                        [[g, m["macro"]["auroc"], m["macro"]["ap"], m["macro"]["f1"]] for g, m in by_prompt.items()]))
+    return tables
+
+
+@register_task("zero-shot", options=ZeroShotOptions, context=("valid_split", "cache_dir"), title="zero-shot",
+               help="classification by prompts at every granularity and their ensemble (CheXzero's protocol)",
+               available=lambda ctx: None if ctx.manifest.finding_names else "no record has a label",
+               tables=zero_shot_tables, console=zero_shot_console, headline=zero_shot_headline, scores=True)
+def zero_shot_task(ctx: EvalContext, options: ZeroShotOptions) -> TaskResult:
+    """Zero-shot classification of the context's split by prompts at every granularity and their ensemble.
+
+    F1 and accuracy use per-finding thresholds chosen for the best F1 on the context's validation split."""
+    manifest, split, mode = ctx.manifest, ctx.split, options.mode
     require_split(manifest, split, "zero-shot")
     names = require_findings(manifest, "zero-shot classification")
-    encoder = encoder or load_encoder(checkpoint, model, seed, device, imagenet_weights)
-    options = {"mode": mode, "prompts": str(prompts) if prompts else None, "domain": domain, "split": split,
-               "threshold_split": threshold_split, "model": model, "batch_size": batch_size}
-    result = Result("zero-shot", encoder, manifest, options, seed)
+    result = TaskResult({**options.model_dump(mode="json"), "threshold_split": ctx.valid_split}, {})
 
-    test = extract_features(encoder, manifest, split, "embedding", batch_size, workers, cache_dir)
+    def features(s):
+        return extract_features(ctx.encoder, manifest, s, "embedding", options.batch_size, ctx.workers, ctx.cache_dir)
+
+    test = features(split)
     if mode == "auto":
         mode = "softmax" if is_multiclass(test.labels) else "pairs"
     if mode == "softmax" and not is_multiclass(test.labels):
         raise ValueError(f"{manifest.path}: mode 'softmax' needs exactly one label per record in split '{split}'")
     valid = None
     if mode == "pairs":
-        if any(r.image is not None for r in manifest.split(threshold_split)):
-            valid = extract_features(encoder, manifest, threshold_split, "embedding", batch_size, workers, cache_dir)
+        if ctx.has_images(ctx.valid_split):
+            valid = features(ctx.valid_split)
         else:
-            note(f"split '{threshold_split}' has no images: F1 and accuracy use the threshold 0.5", result.warnings)
+            result.warn(f"split '{ctx.valid_split}' has no images: F1 and accuracy use the threshold 0.5")
 
-    prompt_set = load_prompts(prompts) if prompts else default_prompts(manifest, domain)
-    scale = float(encoder.model.logit_scale_value().detach())
-    positives, negatives = {}, {}
-    for granularity, templates in prompt_set.templates.items():
-        positives[granularity] = class_embeddings(encoder, templates.positive, names, prompt_set)
-        if templates.negative:
-            negatives[granularity] = class_embeddings(encoder, templates.negative, names, prompt_set)
-        elif mode == "pairs":
-            note(f"granularity '{granularity}' has no negative prompts; it is left out of the pairwise scores",
-                 result.warnings)
-    usable = list(negatives) if mode == "pairs" else list(positives)
-    if not usable:
-        raise ValueError("no granularity has both positive and negative prompts; pairwise zero-shot needs both")
-    for embeddings in (positives, negatives) if mode == "pairs" else (positives,):
-        embeddings[ENSEMBLE] = F.normalize(torch.stack([embeddings[g] for g in usable]).mean(0), dim=-1)
+    prompt_set, positives, negatives, usable = _score_by_prompts(ctx, options, result, mode, names)
+    scale = float(ctx.encoder.model.logit_scale_value().detach())
 
     def probabilities(features: np.ndarray, granularity: str) -> np.ndarray:
         images = torch.from_numpy(features)
@@ -177,20 +212,19 @@ def zero_shot(checkpoint: str, data, *, model: str = "tiny", mode: Literal["auto
                                                     names, thresholds)
     headline = by_prompt[ENSEMBLE]
     if headline["excluded"]:
-        note(f"left out of the macro means (undefined on split '{split}'): {headline['excluded']}", result.warnings)
+        result.warn(f"left out of the macro means (undefined on split '{split}'): {headline['excluded']}")
     result.options["mode"] = mode
     result.metrics = {"mode": mode, **headline, "by_prompt": by_prompt, "prompts": prompt_set.model_dump(),
                       "logit_scale": scale}
+    result.scores = PerImageScores(test.ids, names, probabilities(test.features, ENSEMBLE), test.labels,
+                                   "prompt ensemble")
+    return result
 
-    columns = ["auroc", "ap", "f1", "accuracy"] if mode == "pairs" else ["auroc", "ap", "f1"]
-    print_table(f"zero-shot ({mode}, prompt ensemble) on {split}: {manifest.path}", ["finding", *columns],
-                per_class_rows(headline, names, columns))
-    if mode == "softmax":
-        print_table("zero-shot accuracy", ["prompts", "accuracy"],
-                    [[g, m["macro"]["accuracy"]] for g, m in by_prompt.items()])
-    print_table("zero-shot by granularity", ["prompts", "AUROC", "AP", "F1"],
-                [[g, m["macro"]["auroc"], m["macro"]["ap"], m["macro"]["f1"]] for g, m in by_prompt.items()])
-    return write_result(result.to_dict(), out)
+
+def zero_shot(checkpoint: str, data, *, out=None, encoder=None, **kwargs) -> dict:
+    """``evaluate("zero-shot", ...)``: ``kwargs`` are the context's fields (``ContextOptions``: model, split,
+    valid_split, cache_dir, workers, device ...) and ``ZeroShotOptions``' (mode, prompts, domain, batch_size)."""
+    return evaluate("zero-shot", checkpoint, data, out=out, encoder=encoder, **kwargs)
 
 
 def default_prompts(manifest, domain: str | None) -> Prompts:

@@ -1,11 +1,9 @@
-"""What the report computes from checkpoints and data: ROC inputs, embedding maps, attention maps
-and the data sample. One encoder per method is loaded at a time and used for all of them.
+"""What the report reads and draws beyond the numbers: ROC inputs, embedding maps, attention maps and
+the data sample. One encoder per method is loaded at a time and used for the figures that need it.
 
-ROC inputs are read from an evaluation JSON when it stored them (``scores``, ``labels`` and
-``names`` in its metrics, or under ``metrics["roc"]``). Otherwise they are recomputed here with the
-evaluation's own functions, options and seed: zero-shot with the prompts the JSON recorded, the
-linear probe at 100% labels with the regularisation C it chose. Features come from the evaluation's
-feature cache, so this is cheap after an evaluation ran.
+ROC inputs are the per-image scores an evaluation stored (``scores`` in its JSON, or in the suite's
+entry of the task; ``metrics["roc"]`` in files written by hand). The report never recomputes a metric
+or refits a model: an evaluation without stored scores is named, and its curves are not drawn.
 """
 
 from __future__ import annotations
@@ -21,7 +19,6 @@ import numpy as np
 from medgrain.data.manifest import Manifest, Record
 from medgrain.report.results import BASELINES, Run
 
-ROC_TASKS = {"zero-shot": "zero-shot", "linear-probe": "linear probe"}
 EMBEDDING_SPLITS = ("valid", "test")  # images no method trained on
 # Words that carry no finding: a report's section names and function words, left out of the
 # attention figures so the panels show what the report says about the image.
@@ -86,7 +83,7 @@ def sources(runs: list[Run]) -> list[Source]:
 
 
 def load(source: Source, device: str = "cpu"):
-    from medgrain.evaluation.common import load_encoder
+    from medgrain.evaluation.encoder import load_encoder
 
     return load_encoder(source.checkpoint, model=source.preset, seed=source.seed, device=device)
 
@@ -94,89 +91,43 @@ def load(source: Source, device: str = "cpu"):
 # ------------------------------------------------------------------------------------ ROC
 
 
-def _stored(metrics: dict[str, Any], names: list[str], how: str) -> Scores | None:
-    for holder in (metrics.get("roc"), metrics):
-        if isinstance(holder, dict) and "scores" in holder and "labels" in holder:
-            return Scores(list(holder.get("names", names)), np.asarray(holder["scores"], dtype=np.float64),
-                          np.asarray(holder["labels"]).astype(bool), how)
-    return None
+def roc_tasks() -> dict[str, str]:
+    """{task: its title} of the registered tasks whose results store per-image scores of the findings."""
+    from medgrain.evaluation import task_specs
+
+    return {spec.name: spec.title for spec in task_specs() if spec.scores}
 
 
-def _evaluation_of(source: Source, task: str) -> dict[str, Any] | None:
-    """(metrics, options) of ``task`` among the source's evaluations (a task's JSON or the suite's)."""
+def stored_scores(evaluation: dict[str, Any]) -> Scores | None:
+    """The per-image scores an evaluation stored (a task's JSON or the suite's entry), or None."""
+    holder = evaluation.get("scores") or evaluation.get("metrics", {}).get("roc")
+    if not isinstance(holder, dict) or "scores" not in holder or "labels" not in holder:
+        return None
+    how = "saved by the evaluation" + (f" ({holder['description']})" if holder.get("description") else "")
+    return Scores(list(holder["names"]), np.asarray(holder["scores"], dtype=np.float64),
+                  np.asarray(holder["labels"]).astype(bool), how)
+
+
+def evaluation_of(source: Source, task: str) -> dict[str, Any] | None:
+    """The result of ``task`` among the source's evaluations (a task's JSON or the suite's entry)."""
     for result in source.evaluations:
         if result["task"] == task:
-            return {"metrics": result["metrics"], "options": result.get("options", {}), "data": result.get("data")}
+            return result
         if result["task"] == "all" and "metrics" in result["metrics"].get(task, {}):
-            sub = result["metrics"][task]
-            return {"metrics": sub["metrics"], "options": sub.get("options", {}), "data": result.get("data")}
+            return result["metrics"][task]
     return None
 
 
-def zero_shot_scores(encoder, manifest: Manifest, evaluation: dict[str, Any], cache_dir=None) -> Scores:
-    """The zero-shot probabilities of the evaluation's split, with the prompts it recorded (the
-    ensemble over granularities, as its headline)."""
-    import torch
-    import torch.nn.functional as F
-
-    from medgrain.evaluation.features import extract_features
-    from medgrain.evaluation.zeroshot import Prompts, class_embeddings
-
-    metrics, options = evaluation["metrics"], evaluation["options"]
-    names, mode = manifest.finding_names, metrics.get("mode", "pairs")
-    prompts = Prompts.model_validate(metrics["prompts"])
-    test = extract_features(encoder, manifest, options.get("split", "test"), "embedding", cache_dir=cache_dir)
-    images = torch.from_numpy(test.features)
-    templates = prompts.templates
-    usable = [g for g, t in templates.items() if t.negative] if mode == "pairs" else list(templates)
-    if not usable:
-        raise ValueError("the recorded prompts have no granularity with negative prompts")
-
-    def ensemble(kind: str) -> torch.Tensor:
-        per = [class_embeddings(encoder, getattr(templates[g], kind), names, prompts) for g in usable]
-        return F.normalize(torch.stack(per).mean(0), dim=-1)
-
-    scale = float(metrics.get("logit_scale") or encoder.model.logit_scale_value())
-    positive = images @ ensemble("positive").T
-    if mode == "softmax":
-        scores = torch.softmax(scale * positive, dim=1)
-    else:
-        scores = torch.sigmoid(scale * (positive - images @ ensemble("negative").T))
-    return Scores(names, scores.double().numpy(), test.labels.astype(bool),
-                  "recomputed by the report: prompt ensemble, as in the evaluation")
-
-
-def linear_probe_scores(encoder, manifest: Manifest, evaluation: dict[str, Any], cache_dir=None) -> Scores:
-    """The probe's test probabilities at 100% labels, refitted with the C the evaluation chose."""
-    from sklearn.preprocessing import StandardScaler
-
-    from medgrain.evaluation.features import extract_features
-    from medgrain.evaluation.linear_probe import fit_logistic
-
-    metrics, options = evaluation["metrics"], evaluation["options"]
-    full = metrics.get("fractions", {}).get("100%")
-    if not full:
-        raise ValueError("the linear probe has no 100% run; ROC curves are drawn at 100% labels")
-    c = full["runs"][0]["C"]
-    train = extract_features(encoder, manifest, "train", "backbone", cache_dir=cache_dir)
-    test = extract_features(encoder, manifest, options.get("split", "test"), "backbone", cache_dir=cache_dir)
-    scaler = StandardScaler().fit(train.features)
-    predict = fit_logistic(scaler.transform(train.features), train.labels, metrics.get("task_type") == "multiclass",
-                           c, options.get("max_iter", 1000))
-    return Scores(manifest.finding_names, predict(scaler.transform(test.features)), test.labels.astype(bool),
-                  f"recomputed by the report: logistic regression at 100% labels, C={c:g}")
-
-
-def roc_input(source: Source, task: str, encoder, manifest: Manifest, cache_dir=None) -> Scores | str:
-    """The scores of ``task`` (a key of ROC_TASKS) for this method, or why there are none."""
-    evaluation = _evaluation_of(source, task)
+def roc_input(source: Source, task: str) -> Scores | str:
+    """The stored scores of ``task`` for this method, or why there are none."""
+    evaluation = evaluation_of(source, task)
     if evaluation is None:
         return f"no {task} evaluation of {source.name} was found"
-    stored = _stored(evaluation["metrics"], manifest.finding_names, "saved by the evaluation")
-    if stored is not None:
-        return stored
-    compute = zero_shot_scores if task == "zero-shot" else linear_probe_scores
-    return compute(encoder, manifest, evaluation, cache_dir)
+    stored = stored_scores(evaluation)
+    if stored is None:
+        return (f"the {task} evaluation of {source.name} stored no per-image scores (written by an older "
+                "medgrain); evaluate again to draw its curves")
+    return stored
 
 
 # ------------------------------------------------------------------------------------ embeddings

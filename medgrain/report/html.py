@@ -172,7 +172,7 @@ def curves_section(runs_by_method: dict[str, list], colours: dict[str, str], not
 def roc_section(roc: dict[str, dict[str, gather.Scores]], reasons: dict[str, list[str]],
                 colours: dict[str, str], notes: list[str]) -> str:
     parts = []
-    for task in gather.ROC_TASKS.values():
+    for task in [t for t in gather.roc_tasks().values() if t in roc or t in reasons]:
         scores = roc.get(task, {})
         drawable, undefined = plots.drawable_findings(scores) if scores else ([], [])
         if scores and not drawable:
@@ -316,12 +316,27 @@ class Views:
     attention_missing: list[str] = field(default_factory=list)
 
 
+def roc_views(views: Views, sources: list[gather.Source]) -> None:
+    """The stored per-image scores of every task that stores them, for each method that ran the task."""
+    for task, label in gather.roc_tasks().items():
+        if not any(gather.evaluation_of(source, task) for source in sources):
+            continue  # nobody ran it: no section, rather than one "not found" per method
+        for source in sources:
+            got = gather.roc_input(source, task)
+            if isinstance(got, str):
+                views.roc_missing.setdefault(label, []).append(got)
+            else:
+                views.roc.setdefault(label, {})[source.name] = got
+
+
 def compute_views(runs, manifest, cache_dir, notes: list[str], attention_records: int) -> Views:
-    """ROC inputs, t-SNE points and attention maps of every method, one encoder loaded at a time."""
+    """ROC inputs (stored by the evaluations), t-SNE points and attention maps of every method, one encoder
+    loaded at a time."""
     views = Views()
+    sources = sorted(gather.sources(runs), key=lambda s: method_rank(s.name))
+    roc_views(views, sources)
     if manifest is None:
         reason = "no manifest: pass --data MANIFEST"
-        views.roc_missing = {task: [reason] for task in gather.ROC_TASKS.values()}
         views.points_missing, views.attention_missing = [reason], [reason]
         return views
     if not any(r.is_mgca for r in runs):
@@ -336,19 +351,11 @@ def compute_views(runs, manifest, cache_dir, notes: list[str], attention_records
             missing.append(f"{what}: {type(e).__name__}: {e}")
             return None
 
-    for source in sorted(gather.sources(runs), key=lambda s: method_rank(s.name)):
+    for source in sources:
         CONSOLE.print(f"report: {source.name} ({source.checkpoint})")
         encoder = attempt(f"the encoder of {source.name}", views.points_missing, gather.load, source)
         if encoder is None:
             continue
-        for task, label in gather.ROC_TASKS.items():
-            reasons = views.roc_missing.setdefault(label, [])
-            got = attempt(f"{label} scores of {source.name}", reasons,
-                          gather.roc_input, source, task, encoder, manifest, cache_dir)
-            if isinstance(got, str):
-                reasons.append(got)
-            elif got is not None:
-                views.roc.setdefault(label, {})[source.name] = got
         xy = attempt(f"t-SNE of {source.name}", views.points_missing,
                      gather.embedding_points, encoder, manifest, cache_dir)
         if xy is not None:

@@ -49,7 +49,6 @@ BASELINES = ("random", "imagenet")
 MGCA_OBJECTIVES = ("mgca", "mgca+mgll")
 METHOD_ORDER = ("random", "imagenet", "clip", "mgll", "mgca", "mgca+mgll")
 LOWER_IS_BETTER_WORDS = ("rank", "loss", "error")
-TABLE_ORDER = ("zero-shot", "retrieval", "linear probe", "fine-tuning", "segmentation", "detection")
 # The claims a comparison of these methods is about: (method, the method it should beat).
 CLAIMS = (("mgll", "clip"), ("mgca", "clip"), ("mgca+mgll", "mgca"), ("mgca+mgll", "mgll"))
 
@@ -173,49 +172,25 @@ def lower_is_better(column: str, extra: tuple[str, ...] | list[str] = ()) -> boo
 
 # ------------------------------------------------------------------------------------ flattening
 
-FRACTION_TABLES = {
-    "linear-probe": ("linear probe", (("auroc", "AUROC"), ("ap", "AP"), ("f1", "F1"))),
-    "finetune": ("fine-tuning", (("auroc", "AUROC"), ("ap", "AP"), ("f1", "F1"))),
-    "segment": ("segmentation", (("dice", "Dice"), ("dice_positive", "Dice (positive)"))),
-    "detect": ("detection", (("map_40_75", "mAP .40–.75"), ("map_50", "mAP@.5"), ("map_coco", "mAP COCO"))),
-}
-
-
-def _by_fraction(metrics: dict, names: tuple[tuple[str, str], ...]) -> dict[str, Any]:
-    """Columns METRIC FRACTION, largest fraction first (the headline is the first)."""
-    fractions = metrics.get("fractions", {})
-    order = sorted(fractions, key=lambda f: -float(f.rstrip("%")))
-    multiclass = metrics.get("task_type") == "multiclass"
-    keys = ((("accuracy", "accuracy"),) if multiclass else ()) + names
-    return {f"{label} {fraction}": fractions[fraction]["macro"].get(key)
-            for key, label in keys for fraction in order if key in fractions[fraction].get("macro", {})}
-
-
 def task_tables(task: str, metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """{table: {column: value}} of one evaluation's ``metrics`` (the result JSON of ``task``)."""
+    """{table: {column: value}} of one evaluation's ``metrics`` (the result JSON of ``task``), as the task
+    registered them (``medgrain.evaluation.registry``); an unregistered task has none."""
+    from medgrain.evaluation import EVAL_TASKS, task_spec
+
     if task == "all":  # the suite: one entry per task, or the reason it was skipped
         tables: dict[str, dict[str, Any]] = {}
         for sub, result in metrics.items():
             if isinstance(result, dict) and "metrics" in result:
                 tables.update(task_tables(sub, result["metrics"]))
         return tables
-    if task == "zero-shot":
-        macro = metrics.get("macro", {})
-        first = ("accuracy", "AUROC", "AP", "F1") if metrics.get("mode") == "softmax" else ("AUROC", "AP", "F1", "accuracy")
-        return {"zero-shot": {label: macro.get(label.lower()) for label in first}}
-    if task == "retrieval":
-        tables = {}
-        for source, values in metrics.get("by_text", {}).items():
-            row = {}
-            for direction, arrow in (("image_to_text", "i→t"), ("text_to_image", "t→i")):
-                for key in ("R@1", "R@5", "R@10", "median_rank"):
-                    row[f"{arrow} {key.replace('_', ' ')}"] = values.get(direction, {}).get(key)
-            tables[f"retrieval ({source})"] = row
-        return tables
-    if task in FRACTION_TABLES:
-        table, names = FRACTION_TABLES[task]
-        return {table: _by_fraction(metrics, names)}
-    return {}
+    return task_spec(task).tables(metrics) if task in EVAL_TASKS else {}
+
+
+def table_order() -> list[str]:
+    """The report's tables in the order the tasks are registered (a table's name starts with its task's title)."""
+    from medgrain.evaluation import task_specs
+
+    return [spec.title for spec in task_specs()]
 
 
 def _aggregate(per_run: list[Any]) -> Any:
@@ -322,7 +297,8 @@ def comparison_tables(results: dict[str, Any]) -> list[Table]:
     extra = tuple(results.get("lower_is_better", ()))
     methods = results["methods"]
     names = list(dict.fromkeys(t for m in methods.values() for t in m.get("metrics", {})))
-    known = [next((k for k, prefix in enumerate(TABLE_ORDER) if n.startswith(prefix)), len(TABLE_ORDER)) for n in names]
+    order = table_order()
+    known = [next((k for k, prefix in enumerate(order) if n.startswith(prefix)), len(order)) for n in names]
     names = [n for _, _, n in sorted(zip(known, range(len(names)), names))]  # task order, then as found
     tables = []
     for name in names:
