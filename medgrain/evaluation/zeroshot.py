@@ -172,7 +172,7 @@ def zero_shot_task(ctx: EvalContext, options: ZeroShotOptions) -> TaskResult:
     manifest, split, mode = ctx.manifest, ctx.split, options.mode
     require_split(manifest, split, "zero-shot")
     names = require_findings(manifest, "zero-shot classification")
-    result = TaskResult({**options.model_dump(mode="json"), "threshold_split": ctx.valid_split}, {})
+    result = TaskResult(options.model_dump(mode="json"), {})
 
     def features(s):
         return extract_features(ctx.encoder, manifest, s, "embedding", options.batch_size, ctx.workers, ctx.cache_dir)
