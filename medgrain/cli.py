@@ -238,6 +238,25 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(a: argparse.Namespace) -> int:
+    from .export import export
+
+    print(f"wrote {export(a.checkpoint, a.format, a.out)}")
+    return 0
+
+
+def _add_export(sub) -> None:
+    # --format is checked by medgrain.export's registry (importing the formats here would import torch)
+    p = sub.add_parser("export", help="write a checkpoint for open_clip, Hugging Face transformers or LLaVA",
+                       description="Formats: open_clip (an open_clip local-dir), hf (transformers folders and a "
+                                   "model card), llava-vision (a vision tower for LlavaForConditionalGeneration). "
+                                   "See docs/interop.md.")
+    p.add_argument("checkpoint", help="a medgrain checkpoint folder or open_clip:local-dir:DIR")
+    p.add_argument("--format", required=True, help="open_clip, hf or llava-vision")
+    p.add_argument("--out", required=True, type=Path, help="a new (or empty) folder")
+    p.set_defaults(func=_cmd_export)
+
+
 def _add_pretrain(sub) -> None:
     p = sub.add_parser("pretrain", help="pretrain a dual encoder (clip, mgll, mgca, mgca+mgll) from a YAML config",
                        description="Also runs under torchrun: torchrun --nproc_per_node N -m medgrain pretrain ...")
@@ -275,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pretrain(sub)
     _add_evaluate(sub)
     _add_prepare(sub)
+    _add_export(sub)
 
     p = sub.add_parser("demo", help="pretrain CLIP, MGLL, MGCA and MGCA+MGLL on synthetic data, evaluate, report",
                        description="Generates (or reuses) a synthetic dataset, pretrains every method with the same "

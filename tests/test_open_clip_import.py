@@ -192,7 +192,7 @@ def test_unsupported_models_are_refused_by_name(tmp_path, bert_dir):
     with pytest.raises(ValueError, match="hf_pooler_type='max_pooler'"):
         cfg = biomedclip_cfg(TINY_TIMM_VISION, 48, text={"hf_pooler_type": "max_pooler"})
         create_model(f"open_clip:local-dir:{write_open_clip_dir(tmp_path / 'a', cfg, bert_dir=bert_dir)}")
-    with pytest.raises(ValueError, match="pools with 'avg'"):
+    with pytest.raises(ValueError, match="pools with 'avg'; medgrain's timm tower for it pools \\[CLS\\]"):
         cfg = biomedclip_cfg({**TINY_TIMM_VISION, "timm_pool": "avg"}, 48)
         create_model(f"open_clip:local-dir:{write_open_clip_dir(tmp_path / 'b', cfg, bert_dir=bert_dir)}")
     with pytest.raises(FileNotFoundError, match="open_clip_config.json"):

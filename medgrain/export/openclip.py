@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from medgrain.data.text import Tokenizer
+from medgrain.export import EXPORT_FORMATS
 from medgrain.models.factory import Imported, ModelConfig
 from medgrain.models.hub import PretrainedUnavailableError, fetching
 
@@ -94,6 +95,24 @@ def _create(name: str, pretrained: str | None, model_cfg: dict[str, Any]) -> tor
         raise PretrainedUnavailableError(f"could not fetch open_clip model {name!r} ({e}). {instead}") from e
 
 
+def _check_timm_pooling(trunk: torch.nn.Module, name: str) -> None:
+    """medgrain's timm towers pool a ViT's [CLS] after the final norm and average a CNN's last stage."""
+    from timm.models import is_model_in_modules
+
+    from medgrain.models.image import TIMM_VIT_MODULES
+
+    pool = trunk.global_pool
+    if is_model_in_modules(name, TIMM_VIT_MODULES):
+        ok = pool == "token" and isinstance(getattr(trunk, "fc_norm", torch.nn.Identity()), torch.nn.Identity)
+        want = "[CLS] after the final norm (timm_pool '' or 'token')"
+    else:
+        ok = getattr(pool, "pool_type", None) == "avg" and isinstance(getattr(trunk, "fc", None), torch.nn.Identity)
+        want = "the average of the last stage (timm_pool 'avg')"
+        pool = getattr(pool, "pool_type", pool)
+    if not ok:
+        raise ValueError(f"open_clip timm tower {name!r} pools with {pool!r}; medgrain's timm tower for it pools {want}")
+
+
 def _image_side(clip: torch.nn.Module, model_cfg: dict[str, Any], size: int, name: str) -> tuple[dict, str, dict]:
     """medgrain's image tower config, global image head and weights for open_clip's visual tower."""
     from open_clip.timm_model import TimmModel
@@ -106,12 +125,7 @@ def _image_side(clip: torch.nn.Module, model_cfg: dict[str, Any], size: int, nam
                             "vision_cfg": vision}}
         return image, "identity", {f"visual.trunk.{k}": v for k, v in state.items()}
     trunk, head = clip.visual.trunk, clip.visual.head
-    pooled_cls = getattr(trunk, "global_pool", None) == "token" and isinstance(
-        getattr(trunk, "fc_norm", torch.nn.Identity()), torch.nn.Identity)
-    if not pooled_cls:
-        raise ValueError(f"open_clip timm tower {vision['timm_model_name']!r} pools with "
-                         f"{getattr(trunk, 'global_pool', None)!r}; medgrain's timm ViT tower pools [CLS] after the "
-                         "final norm (timm_pool '' or 'token' on a ViT)")
+    _check_timm_pooling(trunk, vision["timm_model_name"])
     proj = getattr(head, "proj", None)
     if not isinstance(proj, torch.nn.Linear) or proj.bias is not None or len(head) != 2:
         raise ValueError(f"open_clip timm tower: timm_proj={vision.get('timm_proj')!r} "
@@ -119,7 +133,8 @@ def _image_side(clip: torch.nn.Module, model_cfg: dict[str, Any], size: int, nam
                          "'linear' projection maps onto one")
     # open_clip builds the trunk at timm's default size whatever vision_cfg's image_size says: its input size
     # is the trunk's
-    size = int(trunk.patch_embed.img_size[0]) if getattr(trunk.patch_embed, "img_size", None) else size
+    patch_embed = getattr(trunk, "patch_embed", None)
+    size = int(patch_embed.img_size[0]) if getattr(patch_embed, "img_size", None) else size
     image = {"source": "timm", "name": vision["timm_model_name"], "image_size": size}
     weights = {f"visual.{k}": v for k, v in state.items() if k.startswith("trunk.")}
     weights["image_proj.weight"] = proj.weight
@@ -200,3 +215,133 @@ def import_open_clip(ref: str) -> Imported:
     })
     state = {**image_state, **text_state, "logit_scale": clip.logit_scale.detach().reshape(())}
     return Imported(config, text_config, {k: v.detach().clone() for k, v in state.items()}, _tokenizer(name, model_cfg))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Export: a medgrain model as an open_clip local-dir
+
+WEIGHTS_FILE = "open_clip_model.safetensors"
+POOLINGS_TO_HF = {v: k for k, v in HF_POOLERS.items()}
+HEADS_TO_HF = {"linear": "linear", "gelu-mlp": "mlp"}
+
+
+class NotExpressibleError(ValueError):
+    """A medgrain model part that open_clip has no way to express."""
+
+
+def _head_kind(config: ModelConfig, side: str) -> str:
+    return getattr(config, f"{side}_head") or config.head
+
+
+def _timm_vision(model, config: ModelConfig) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """A timm tower: open_clip's TimmModel (pooling and projection from medgrain's tower and head)."""
+    from medgrain.models.image import TimmViTTower
+
+    image = config.image
+    if image.kwargs:
+        raise NotExpressibleError(f"the timm image tower's kwargs {image.kwargs}: open_clip's timm_model_name "
+                                  "builds timm's registered architecture only")
+    default = model.visual.trunk.pretrained_cfg.get("input_size", (3, image.image_size, image.image_size))[-1]
+    vit = isinstance(model.visual, TimmViTTower)
+    if vit and default != image.image_size:
+        raise NotExpressibleError(f"a timm ViT at {image.image_size} px: open_clip builds timm towers at their "
+                                  f"default size ({default} px for {image.name})")
+    head = _head_kind(config, "image")
+    if head not in ("linear", "identity"):
+        raise NotExpressibleError(f"image head {head!r}: open_clip's timm projections are 'linear' and timm's Mlp, "
+                                  "not MGCA's BatchNorm MLP")
+    vision = {"timm_model_name": image.name, "timm_model_pretrained": False, "timm_pool": "token" if vit else "avg",
+              "timm_proj": "linear" if head == "linear" else "none", "image_size": image.image_size}
+    state = {f"visual.{k}": v for k, v in model.visual.state_dict().items()}
+    if head == "linear":
+        state["visual.head.proj.weight"] = model.image_proj.weight
+    return vision, state
+
+
+def _native_vision(model, config: ModelConfig) -> tuple[dict[str, Any], dict[str, torch.Tensor], bool]:
+    import open_clip
+
+    image = config.image
+    if _head_kind(config, "image") != "identity":
+        raise NotExpressibleError(f"a {_head_kind(config, 'image')!r} image head over open_clip's projected [CLS]: "
+                                  "open_clip has one projection (use image_head: identity)")
+    base = open_clip.get_model_config(image.name) or {}
+    vision = dict(image.kwargs.get("vision_cfg", base.get("vision_cfg", {})))
+    vision["image_size"] = image.image_size
+    quick_gelu = image.kwargs.get("quick_gelu", base.get("quick_gelu", False))
+    return vision, {f"visual.{k}": v for k, v in model.visual.trunk.state_dict().items()}, quick_gelu
+
+
+def _hf_text(model, config: ModelConfig, tokenizer, out: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    pooling = config.text.pooling
+    if pooling not in POOLINGS_TO_HF:
+        raise NotExpressibleError(f"text pooling {pooling!r}: open_clip's Hugging Face poolers are "
+                                  f"{sorted(POOLINGS_TO_HF)} (no layer averaging as in MGLL's 'flair')")
+    head = _head_kind(config, "text")
+    if head not in (*HEADS_TO_HF, "identity"):
+        raise NotExpressibleError(f"text head {head!r}: open_clip's Hugging Face projections are linear and "
+                                  "Linear-GELU-Linear ('gelu-mlp'), not MGCA's BatchNorm MLP")
+    where = str(out.resolve())  # open_clip reads the text tower's config from hf_model_name
+    text = {"hf_model_name": where, "hf_tokenizer_name": where, "hf_proj_type": HEADS_TO_HF.get(head),
+            "hf_pooler_type": POOLINGS_TO_HF[pooling], "context_length": tokenizer.max_length}
+    state = {f"text.{k}": v for k, v in model.text.state_dict().items()}
+    state.update({f"text.proj.{k}": v for k, v in model.text_proj.state_dict().items()})
+    return text, state
+
+
+def _native_text(model, config: ModelConfig) -> tuple[dict[str, Any], dict[str, torch.Tensor], bool]:
+    if _head_kind(config, "text") != "identity":
+        raise NotExpressibleError(f"a {_head_kind(config, 'text')!r} text head over open_clip's projected text "
+                                  "transformer: open_clip has one projection (use text_head: identity)")
+    saved = model.text.config
+    return dict(saved.text_cfg), dict(model.text.transformer.state_dict()), saved.quick_gelu
+
+
+def open_clip_model_cfg(pretrained, out: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """open_clip's model_cfg for a medgrain model and its weights under open_clip's names; a part open_clip
+    cannot express raises NotExpressibleError naming it."""
+    model, config = pretrained.model, pretrained.config
+    if config.preprocess.in_chans != 3:
+        raise NotExpressibleError(f"in_chans={config.preprocess.in_chans}: open_clip's towers take RGB images")
+    gelu = {}
+    if config.image.source == "timm":
+        vision, state = _timm_vision(model, config)
+    else:
+        vision, state, gelu["image"] = _native_vision(model, config)
+    if config.text.source == "open_clip":
+        text, text_state, gelu["text"] = _native_text(model, config)
+    else:
+        text, text_state = _hf_text(model, config, pretrained.tokenizer, out)
+    if len(set(gelu.values())) > 1:
+        raise NotExpressibleError(f"quick_gelu differs between the towers ({gelu}); open_clip has one flag")
+    model_cfg = {"embed_dim": config.embed_dim, "vision_cfg": vision, "text_cfg": text}
+    if any(gelu.values()):
+        model_cfg["quick_gelu"] = True
+    state = {**state, **text_state, "logit_scale": model.logit_scale.detach().reshape(())}
+    return model_cfg, {k: v.detach().contiguous() for k, v in state.items()}
+
+
+def _empty_out(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"--out {out} exists and is not an empty folder; choose a new one")
+
+
+@EXPORT_FORMATS.register("open_clip", help="an open_clip local-dir: open_clip.create_model_and_transforms('local-dir:DIR')")
+def export_open_clip(pretrained, checkpoint: Path | None, out: Path) -> Path:
+    """Write ``open_clip_config.json``, ``open_clip_model.safetensors`` and (Hugging Face text towers) the text
+    tower's ``config.json`` and tokenizer files. MGCA's token heads have no open_clip counterpart: not written."""
+    from safetensors.torch import save_file
+
+    _empty_out(out)
+    model_cfg, state = open_clip_model_cfg(pretrained, out)
+    p = pretrained.config.preprocess
+    preprocess = {"size": pretrained.config.image.image_size, "mean": list(p.mean), "std": list(p.std),
+                  # medgrain's eval transform: shorter side resized (bilinear), centre crop
+                  "interpolation": "bilinear", "resize_mode": "shortest"}
+    out.mkdir(parents=True, exist_ok=True)
+    if "hf_model_name" in model_cfg["text_cfg"]:
+        pretrained.model.text.config.save_pretrained(out)
+        pretrained.tokenizer.hf.save_pretrained(out)
+    save_file(state, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
+    (out / CONFIG_FILE).write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess}, indent=2))
+    return out
