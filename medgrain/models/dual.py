@@ -103,6 +103,41 @@ class DualEncoder(nn.Module):
             "attention": attention,
         }
 
+    def patch_embeddings(self, images: torch.Tensor, level: str = "auto") -> tuple[torch.Tensor, tuple[int, int]]:
+        """L2-normalised embeddings of every image location, (N, M, E), and their grid (h, w).
+
+        ``level="token"``: the token head's patch embeddings (MGCA's local space, where words are aligned
+        with patches); ``"global"``: the tower's dense features through the global image head, the space
+        of ``encode_image`` (CLIP, MGLL); ``"auto"``: token when the model has token heads."""
+        if level == "auto":
+            level = "token" if self.token_heads else "global"
+        if level == "token":
+            out = self.image_tokens(images)
+            if out["grid"] is None:
+                raise RuntimeError("the image tower returned no patch grid (patch dropout?); maps need every patch")
+            return out["tokens"], out["grid"]
+        if level != "global":
+            raise ValueError(f"level must be 'auto', 'token' or 'global', not {level!r}")
+        dense, grid = self.visual.dense(images)
+        n, m, _ = dense.shape
+        return F.normalize(self.image_proj(dense.reshape(n * m, -1)).reshape(n, m, -1), dim=-1), grid
+
+    def phrase_embeddings(self, text: Mapping[str, torch.Tensor], level: str = "auto") -> torch.Tensor:
+        """L2-normalised phrase embeddings (N, E) in the space of ``patch_embeddings(level)``: the global text
+        embedding, or for ``"token"`` the words' token embeddings averaged with their [CLS] attention (the
+        weights MGCA's token alignment gives each word, research/mgca.md 1.2)."""
+        if level == "auto":
+            level = "token" if self.token_heads else "global"
+        if level == "global":
+            return self.encode_text(text)
+        if level != "token":
+            raise ValueError(f"level must be 'auto', 'token' or 'global', not {level!r}")
+        out = self.text_tokens(text)
+        weights = out["attention"] * out["word_mask"]
+        # a text whose [CLS] attends to none of its words gets its words' plain mean
+        weights = torch.where(weights.sum(1, keepdim=True) > 0, weights, out["word_mask"].to(weights.dtype))
+        return F.normalize((weights.unsqueeze(-1) * out["words"]).sum(1), dim=-1)
+
     def forward(
         self, images: torch.Tensor, text: Mapping[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -40,6 +40,15 @@ class ImageTower(nn.Module):
     def forward(self, images: torch.Tensor, tokens: bool = False) -> ImageOutput:
         raise NotImplementedError
 
+    def dense(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Per-location features in the pooled feature's space, (N, M, width), and their grid: what the
+        global image head can project location by location (phrase grounding without token heads, as
+        BioViL projects its patch embeddings, Boecking et al., ECCV 2022)."""
+        out = self.forward(images, tokens=True)
+        if out.grid is None:
+            raise RuntimeError("the image tower returned no patch grid (patch dropout?); dense features need every patch")
+        return out.tokens, out.grid
+
 
 @contextmanager
 def _without_log(prefix: str) -> Iterator[None]:
@@ -161,6 +170,11 @@ class TimmCNNTower(ImageTower):
         attention = local.new_full((n, h * w), 1.0 / (h * w))
         return ImageOutput(pooled, local.flatten(2).transpose(1, 2), attention, (h, w))
 
+    def dense(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The last stage before average pooling: the pooled feature is the mean of these locations."""
+        _, last = self.trunk(images)
+        return last.flatten(2).transpose(1, 2), (last.shape[2], last.shape[3])
+
 
 def _open_clip_model(name: str, pretrained: str | None, image_size: int, kwargs: dict) -> nn.Module:
     import open_clip
@@ -246,6 +260,11 @@ class OpenCLIPVisionTower(ImageTower):
         return ImageOutput(
             pooled, patch_tokens, _over_patches(probs, 1), _grid_or_none(self.trunk.grid_size, patch_tokens)
         )
+
+    def dense(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The ln_post patch tokens through the tower's own projection, as its [CLS] is projected."""
+        tokens, grid = super().dense(images)
+        return (tokens @ self.trunk.proj if self.trunk.proj is not None else tokens), grid
 
 
 def create_image_tower(

@@ -1,0 +1,170 @@
+"""Phrase grounding: where in the image does the model put a phrase, against where a radiologist did.
+
+For every (image, phrase, region) of the data (MS-CXR's boxes and ``label_text``, or any manifest whose
+findings carry a ``phrase`` with a box or mask, as the synthetic data does) the model's
+phrase-to-patch similarity map is scored with MS-CXR's metrics (Boecking et al., "Making the Most of
+Text Semantics to Improve Biomedical Vision-Language Processing", ECCV 2022, arXiv 2204.09817):
+
+- the map is the cosine similarity between the phrase embedding and every patch embedding, brought
+  to the model's input size by nearest-neighbour up-sampling (each patch covers its pixels);
+- ``cnr``: contrast-to-noise ratio between the region and the rest, ``|mu_in - mu_out| /
+  sqrt(var_in + var_out)`` (no threshold needed);
+- ``miou``: IoU of the map thresholded at 0.1, 0.2, 0.3, 0.4, 0.5 with the region, averaged.
+
+Regions are scored where the model looked: the eval transform resizes the shorter side and crops the
+centre square, and the region goes through the same resize (nearest) and crop. Boxes of one phrase in
+one image are one region (their union), as MS-CXR pairs a phrase with all its boxes.
+
+Which embeddings: ``level="global"`` projects the tower's dense features with the global image head
+and compares them with the global text embedding (CLIP and MGLL, whose only shared space is the
+global one); ``"token"`` uses the token heads (MGCA's local space, the phrase as its words' [CLS]-
+attention-weighted mean); ``"auto"`` picks token heads when the model has them. Comparing both on an
+MGCA model is how the claim "token-level alignment localises better" gets measured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from medgrain.evaluation.bootstrap import Bootstrap, bootstrap_interval, mean_rows
+from medgrain.evaluation.metrics import GROUNDING_IOU_THRESHOLDS, box_region, contrast_to_noise, grounding_iou
+
+LEVELS = ("auto", "token", "global")
+
+
+@dataclass(frozen=True)
+class GroundingPair:
+    """One phrase of one image with its ground-truth boxes and masks."""
+
+    record_id: str
+    finding: str
+    phrase: str
+    boxes: tuple[tuple[float, float, float, float], ...]
+    masks: tuple[str, ...]
+
+
+def grounding_pairs(records) -> list[GroundingPair]:
+    """Every (record, finding, phrase) that has a box or a mask, boxes and masks of a pair merged."""
+    grouped: dict[tuple[str, str, str], tuple[list, list]] = {}
+    for record in records:
+        for f in record.findings:
+            if f.phrase and (f.box is not None or f.mask is not None):
+                boxes, masks = grouped.setdefault((record.id, f.name, f.phrase), ([], []))
+                if f.box is not None:
+                    boxes.append(tuple(f.box))
+                if f.mask is not None:
+                    masks.append(f.mask)
+    return [GroundingPair(rid, name, phrase, tuple(b), tuple(m)) for (rid, name, phrase), (b, m) in grouped.items()]
+
+
+class GroundingDataset(Dataset):
+    """Items ``(image, region)``: the eval-transformed image and the pair's region on the same grid."""
+
+    def __init__(self, manifest, pairs: list[GroundingPair], transform, image_size: int):
+        self.manifest, self.pairs, self.transform, self.size = manifest, pairs, transform, image_size
+        self.records = {r.id: r for r in manifest.records}
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int):
+        pair = self.pairs[i]
+        record = self.records[pair.record_id]
+        raw = self.manifest.read_image(record.image)
+        height, width = raw.shape[-2:]
+        region = box_region(pair.boxes, height, width) if pair.boxes else torch.zeros(height, width, dtype=torch.bool)
+        for mask in pair.masks:
+            region |= self.manifest.read_mask(mask, (height, width)).bool()
+        # the eval transform's geometry: shorter side to image_size, centre square
+        region = TF.resize(region[None].to(torch.uint8), [self.size], interpolation=InterpolationMode.NEAREST)
+        region = TF.center_crop(region, [self.size, self.size])[0].bool()
+        return self.transform(raw), region
+
+
+def similarity_maps(model, tokenizer, images: torch.Tensor, phrases: list[str], level: str = "auto") -> torch.Tensor:
+    """(N, S, S) cosine similarity of each phrase with every patch of its image, up-sampled to the
+    input size S (nearest: each patch covers its pixels)."""
+    device = images.device
+    tokens = {k: v.to(device) for k, v in tokenizer(phrases).items()}
+    patches, (h, w) = model.patch_embeddings(images, level)
+    phrase = model.phrase_embeddings(tokens, level)
+    sims = torch.einsum("nme,ne->nm", patches.float(), phrase.float()).reshape(-1, 1, h, w)
+    return F.interpolate(sims, size=images.shape[-2:], mode="nearest")[:, 0]
+
+
+def ground(encoder, manifest, split: str = "test", level: str = "auto", batch_size: int = 32, workers: int = 0,
+           keep_maps: int = 0) -> dict:
+    """Per pair ``cnr`` and ``miou`` (NaN where undefined), the pairs, and the first ``keep_maps`` maps
+    and regions (for the report's pictures)."""
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {LEVELS}, not {level!r}")
+    records = manifest.split(split)
+    pairs = grounding_pairs(records)
+    if not pairs:
+        raise ValueError(f"{manifest.path}: split '{split}' has no finding with a phrase and a box or mask; phrase "
+                         "grounding needs findings[].phrase (MS-CXR: `medgrain prepare ms-cxr`)")
+    model = encoder.model
+    if level == "token" and not model.token_heads:
+        raise ValueError("level 'token' needs a model with token heads (MGCA); use 'global' or 'auto'")
+    size = encoder.preprocess.image_size
+    loader = DataLoader(GroundingDataset(manifest, pairs, encoder.transform, size), batch_size=batch_size,
+                        num_workers=workers)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()  # BatchNorm heads use their running statistics
+    cnr, miou, kept = [], [], {"maps": [], "regions": []}
+    try:
+        with torch.no_grad():
+            for start, (images, regions) in zip(range(0, len(pairs), batch_size), loader):
+                phrases = [p.phrase for p in pairs[start:start + len(images)]]
+                maps = similarity_maps(model, encoder.tokenizer, images.to(device), phrases, level).cpu()
+                cnr.append(contrast_to_noise(maps, regions))
+                miou.append(grounding_iou(maps, regions))
+                if len(kept["maps"]) * batch_size < keep_maps:
+                    kept["maps"].append(maps.numpy())
+                    kept["regions"].append(regions.numpy())
+    finally:
+        model.train(was_training)
+    out = {"pairs": pairs, "cnr": torch.cat(cnr).numpy(), "miou": torch.cat(miou).numpy(),
+           "level": level if level != "auto" else ("token" if model.token_heads else "global")}
+    if keep_maps:
+        out["maps"] = np.concatenate(kept["maps"])[:keep_maps]
+        out["regions"] = np.concatenate(kept["regions"])[:keep_maps]
+    return out
+
+
+def _summary(values: np.ndarray, bootstrap: Bootstrap) -> tuple[float | None, list[float] | None, int]:
+    defined = values[np.isfinite(values)]
+    if len(defined) == 0:
+        return None, None, 0
+    return float(defined.mean()), bootstrap_interval(mean_rows, [defined], bootstrap), int(len(defined))
+
+
+def grounding_metrics(scored: dict, bootstrap: Bootstrap | None = None) -> dict:
+    """``cnr``, ``miou`` and their ``_ci`` overall and per finding; ``undefined`` counts the pairs whose
+    CNR is undefined (a region covering all or none of the input, a constant map). The intervals
+    resample phrase-region pairs."""
+    bootstrap = bootstrap or Bootstrap()
+    findings = np.array([p.finding for p in scored["pairs"]])
+    overall: dict = {"pairs": len(findings)}
+    per_finding: dict = {}
+    for name, select in [(None, np.ones(len(findings), bool))] + [(n, findings == n) for n in sorted(set(findings))]:
+        row = {"pairs": int(select.sum())}
+        for metric in ("cnr", "miou"):
+            value, ci, n = _summary(scored[metric][select], bootstrap)
+            row[metric], row[f"{metric}_ci"] = value, ci
+            row[f"{metric}_undefined"] = int(select.sum()) - n
+        if name is None:
+            overall.update(row)
+        else:
+            per_finding[name] = row
+    return {"macro": {k: overall[k] for k in ("cnr", "cnr_ci", "miou", "miou_ci")}, "overall": overall,
+            "per_finding": per_finding, "level": scored["level"],
+            "iou_thresholds": list(GROUNDING_IOU_THRESHOLDS)}
