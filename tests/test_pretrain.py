@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from medgrain.losses.objective import OBJECTIVES
 from medgrain.training.config import load_config
 from medgrain.training.loop import NonFiniteLossError, train
 
@@ -24,7 +25,7 @@ def synth_manifest(tmp_path_factory):
 
 
 def _cfg(manifest, out, objective, **train):
-    preset = "tiny-mgca" if objective.startswith("mgca") else "tiny"
+    preset = "tiny-mgca" if OBJECTIVES.get(objective).aligns_tokens else "tiny"
     overrides = {
         "data": {"manifest": str(manifest)},
         "model": {"preset": preset, "overrides": {"image": {"image_size": 48}}},
@@ -37,7 +38,7 @@ def _cfg(manifest, out, objective, **train):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("objective", ["clip", "mgll", "mgca", "mgca+mgll"])
+@pytest.mark.parametrize("objective", OBJECTIVES.names())
 def test_tiny_run_lowers_validation_loss_and_reloads(synth_manifest, tmp_path, objective):
     import medgrain
 

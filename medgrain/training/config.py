@@ -6,13 +6,21 @@ its resolved config next to its outputs (``run.yaml``).
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-OBJECTIVES = ("clip", "mgll", "mgca", "mgca+mgll")
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 
 class _Strict(BaseModel):
@@ -88,46 +96,47 @@ class ModelSection(_Strict):
     overrides: dict[str, Any] = {}  # fields of medgrain.models.ModelConfig, merged into the preset
 
 
-class ClipOptions(_Strict):
-    # Which text the image is contrasted with: "report" or a granularity name (default: the report when
-    # the data has one, else the finest granularity).
-    text: str | None = None
+def _objective_sections() -> dict[str, type[BaseModel]]:
+    """Each registered objective that has options: its section's name (its own) and options class."""
+    from ..losses.objective import OBJECTIVES
+
+    return {e.name: e.meta["options"] for e in OBJECTIVES.entries() if e.meta.get("options") is not None}
 
 
-class MGLLOptions(_Strict):
-    alpha_clip: float = Field(0.5, ge=0)
-    alpha_point: float = Field(1.0, ge=0)
-    alpha_kl: float = Field(1.0, ge=0)
-    cooccurrence: Literal["exact", "jaccard"] = "exact"
-    point_target: Literal["cooccurrence", "soft"] = "cooccurrence"
-    granularity_reduction: Literal["mean", "sum"] = "mean"
+@functools.lru_cache(maxsize=8)
+def _sections_model(sections: tuple[tuple[str, type[BaseModel]], ...]) -> type[BaseModel]:
+    # A model per set of registered objectives (a test may register one), so that pydantic names a bad key
+    # by its full path (objective.mgll.alpha_kl) as for any other section.
+    fields = {f"section_{i}": (options, Field(default_factory=options, alias=key))
+              for i, (key, options) in enumerate(sections)}
+    return create_model("ObjectiveSections", __config__=ConfigDict(extra="forbid"), **fields)
 
 
-class MGCAOptions(_Strict):
-    lambda_ita: float = Field(1.0, ge=0)
-    lambda_tca: float = Field(1.0, ge=0)
-    lambda_cpa: float = Field(1.0, ge=0)
-    num_prototypes: int = Field(500, ge=2)
-    ita_temperature: float = Field(0.07, gt=0)
-    tca_temperature: float = Field(0.1, gt=0)
-    attention_temperature: float = Field(0.1, gt=0)
-    cpa_temperature: float = Field(0.2, gt=0)
-    epsilon: float = Field(0.05, gt=0)
-    sinkhorn_iterations: int = Field(3, ge=1)
-    learnable_cross_attention: bool = False
-    freeze_prototypes_epochs: int = Field(1, ge=0)
-    # [CLS]-attention weights are clamped to these per-row quantiles before renormalising.
-    weight_low: float = Field(0.1, ge=0, le=1)
-    weight_high: float = Field(0.9, ge=0, le=1)
-    # True reproduces the released code's bug: each word piece weighted by the attention to the next one.
-    word_weight_off_by_one: bool = False
+class ObjectiveConfig(BaseModel):
+    """``name`` is a registered objective (``medgrain.losses.objective.OBJECTIVES``); every objective with
+    options has a section named after it (``objective: {name: mgll, mgll: {...}, mgca: {...}}``), validated
+    by its options class, its defaults when absent (``cfg.objective.mgca`` always exists)."""
 
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+    name: str
 
-class ObjectiveConfig(_Strict):
-    name: Literal["clip", "mgll", "mgca", "mgca+mgll"]
-    clip: ClipOptions = ClipOptions()
-    mgll: MGLLOptions = MGLLOptions()
-    mgca: MGCAOptions = MGCAOptions()
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        from ..losses.objective import OBJECTIVES
+
+        if name not in OBJECTIVES:
+            raise PydanticCustomError("unknown_objective", "unknown objective; registered: {known}",
+                                      {"known": ", ".join(OBJECTIVES.names())})
+        return name
+
+    @model_validator(mode="after")
+    def _sections(self) -> ObjectiveConfig:
+        sections = tuple(_objective_sections().items())
+        given = {k: (v.model_dump() if isinstance(v, BaseModel) else v) for k, v in (self.model_extra or {}).items()}
+        validated = _sections_model(sections).model_validate(given)
+        self.__pydantic_extra__ = {key: getattr(validated, f"section_{i}") for i, (key, _) in enumerate(sections)}
+        return self
 
 
 class OptimConfig(_Strict):
@@ -171,8 +180,6 @@ class RunConfig(_Strict):
     def _check(self) -> RunConfig:
         if self.data.valid_split is not None and self.data.valid_split == self.data.train_split:
             raise ValueError("data.valid_split must differ from data.train_split")
-        if self.objective.mgca.weight_low >= self.objective.mgca.weight_high:
-            raise ValueError("objective.mgca.weight_low must be below objective.mgca.weight_high")
         return self
 
     def to_yaml(self) -> str:
