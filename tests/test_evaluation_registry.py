@@ -95,3 +95,29 @@ def test_toy_task_in_the_cli_the_suite_and_the_report(toy, manifest, tmp_path, c
                         attention_records=0).read_text()
     assert 'id="table-toy"' in html and "mean_score" in html
     assert 'id="roc-toy"' in html
+
+
+def test_bad_options_are_named_before_the_encoder_loads(manifest):
+    from medgrain.evaluation import evaluate, zero_shot
+    from medgrain.registry import UnknownEntryError
+
+    with pytest.raises(ValueError, match="zero-shot: option 'c_grid' does not apply"):
+        zero_shot("no-such-checkpoint", manifest, c_grid=(1.0,))
+    with pytest.raises(ValueError, match=r"zero-shot: option\(s\) seeds do not apply to this task"):
+        zero_shot("no-such-checkpoint", manifest, seeds=(1,))
+    with pytest.raises(ValueError, match="zero-shot: mode must be one of 'auto', 'pairs' or 'softmax', got 'both'"):
+        zero_shot("no-such-checkpoint", manifest, mode="both")
+    with pytest.raises(ValueError, match="c_grid apply to none of the tasks"):
+        evaluate_all("no-such-checkpoint", manifest, tasks=["retrieval"], c_grid=(1.0,))
+    with pytest.raises(UnknownEntryError, match="unknown evaluation task 'nosuch'"):
+        evaluate("nosuch", "no-such-checkpoint", manifest)
+    with pytest.raises(FileNotFoundError, match="not a medgrain model directory"):
+        zero_shot("no-such-checkpoint", manifest)
+
+
+def test_registering_a_task_checks_its_declaration():
+    with pytest.raises(ValueError, match="unknown context fields \\['epochs'\\]"):
+        register_task("bad", options=ToyOptions, context=("epochs",))
+    with pytest.raises(TypeError, match="pydantic model class"):
+        register_task("bad", options=dict)
+    assert "bad" not in EVAL_TASKS

@@ -9,10 +9,10 @@ from typing import Any
 
 from rich.table import Table as RichTable
 
-from medgrain.evaluation.progress import _console
+from medgrain.evaluation.progress import make_console
 
 # Tables go to stdout, progress and log messages to stderr: `medgrain evaluate ... > table.txt` stays clean.
-STDOUT = _console(stderr=False)
+STDOUT = make_console(stderr=False)
 
 
 @dataclass

@@ -16,13 +16,13 @@ from rich.progress import (
 )
 
 
-def _console(stderr: bool) -> Console:
+def make_console(stderr: bool) -> Console:
     console = Console(stderr=stderr)
     # A log file or a pipe gets wide tables, not the 80 columns rich assumes without a terminal.
     return console if console.is_terminal else Console(stderr=stderr, width=160)
 
 
-STDERR = _console(stderr=True)
+STDERR = make_console(stderr=True)
 
 
 def progress(iterable: Iterable, description: str, total: int | None = None) -> Iterator:

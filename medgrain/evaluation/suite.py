@@ -49,21 +49,25 @@ def sized_defaults(manifest) -> dict:
     return {"fractions": fractions, "epochs": epochs, "batch_size": int(min(32, max(8, n_train // 8)))}
 
 
+def route_options(tasks: list[str], given: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The given task options of each task: those its options class has. An option that no task takes is an
+    error (it would silently do nothing)."""
+    routed = {task: {k: v for k, v in given.items() if k in task_spec(task).options.model_fields} for task in tasks}
+    unused = sorted(set(given) - {k for values in routed.values() for k in values})
+    if unused:
+        raise ValueError(f"evaluate all: option(s) {', '.join(unused)} apply to none of the tasks {tasks}")
+    return routed
+
+
 def suite_options(tasks: list[str], given: dict[str, Any], sized: dict[str, Any]) -> dict[str, BaseModel]:
     """Each task's options: the given values its options class has, then the sized ones it lists in
-    ``sized``. A given option that no task takes is an error (it would silently do nothing)."""
-    options, used = {}, set()
-    for task in tasks:
+    ``sized`` where none was given."""
+    options = {}
+    for task, values in route_options(tasks, given).items():
         spec = task_spec(task)
-        fields = spec.options.model_fields
-        values = {k: v for k, v in given.items() if k in fields}
-        used |= set(values)
         for key in getattr(spec.options, "sized", ()):
             values.setdefault(key, sized[key])
         options[task] = make_options(spec, values)
-    unused = sorted(set(given) - used)
-    if unused:
-        raise ValueError(f"evaluate all: option(s) {', '.join(unused)} apply to none of the tasks {tasks}")
     return options
 
 
@@ -86,14 +90,19 @@ def _run_one(task: str, ctx: EvalContext, options: BaseModel) -> dict[str, Any]:
     return entry
 
 
+def _task_names(tasks) -> list[str]:
+    tasks = list(tasks) if tasks else EVAL_TASKS.names()
+    for task in tasks:
+        task_spec(task)  # an unknown name fails before anything runs
+    return tasks
+
+
 def run_suite(ctx: EvalContext, tasks: list[str] | None = None, epochs: int | None = None,
               on_task: Callable[[dict[str, Any]], None] | None = None, **given: Any) -> dict[str, Any]:
     """Every task of ``tasks`` (default: every registered task) the data and the encoder allow; the suite's
     result JSON, with ``metrics[task]`` each task's options, metrics, warnings and scores, or ``skipped``
     or ``error``. ``given``: task options, each passed to the tasks whose options class has it."""
-    tasks = list(tasks) if tasks else EVAL_TASKS.names()
-    for task in tasks:
-        task_spec(task)  # an unknown name fails before anything runs
+    tasks = _task_names(tasks)
     sized = sized_defaults(ctx.manifest)
     if epochs:
         sized["epochs"] = epochs
@@ -123,6 +132,7 @@ def evaluate_all(checkpoint: str | Path, data, out: str | Path | None = None, *,
     rewritten to ``out`` after every task."""
     context = {k: v for k, v in kwargs.items() if k in ContextOptions.model_fields}
     given = {k: v for k, v in kwargs.items() if k not in context}
+    route_options(_task_names(tasks), given)  # a misspelt option fails before the encoder is loaded
     ctx = open_context(checkpoint, data, encoder=encoder, **context)
     if "fractions" not in context:
         ctx.fractions = sized_defaults(ctx.manifest)["fractions"]
