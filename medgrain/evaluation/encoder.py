@@ -57,28 +57,34 @@ def load_encoder(checkpoint: str | Path, model: str = "tiny", seed: int = 0, dev
                  imagenet_weights: str | None = None) -> Encoder:
     """The encoder to evaluate.
 
-    - a checkpoint directory (``save_pretrained``/the trainer's output): ``load_pretrained``;
+    - a checkpoint directory (``save_pretrained``/the trainer's output), an open_clip model
+      (``open_clip:local-dir:DIR``, ``open_clip:hf-hub:ORG/NAME``) or an ``hf`` export: ``load_pretrained``;
     - ``random``: preset ``model`` with its random initialisation (seeded by ``seed``);
     - ``imagenet``: preset ``model`` with its image tower's ImageNet weights, from timm's default tag
       (needs the weights in the local hub cache) or from ``imagenet_weights``, a local weights file.
     """
     from medgrain.models import PretrainedUnavailableError, create_model, load_pretrained
-    from medgrain.models.factory import CONFIG_NAME, WEIGHTS_NAME
+    from medgrain.models.factory import CONFIG_NAME, foreign_source, source_files
 
     device = torch.device(device) if device is not None else default_device()
     checkpoint = str(checkpoint)
     if checkpoint not in BASELINES:
         directory = Path(checkpoint)
-        if not (directory / CONFIG_NAME).is_file():
+        foreign = foreign_source(checkpoint)
+        if foreign is None and not (directory / CONFIG_NAME).is_file():
             raise FileNotFoundError(
                 f"checkpoint {directory} is not a medgrain model directory (no {CONFIG_NAME}); "
-                f"pass a directory written by save_pretrained or the trainer, or one of {BASELINES}"
+                f"pass a directory written by save_pretrained or the trainer, an open_clip model "
+                f"(open_clip:local-dir:DIR), a folder written by `medgrain export --format hf`, or one of {BASELINES}"
             )
-        loaded = load_pretrained(directory, device=device)
-        key = hashlib.sha256((file_sha256(directory / WEIGHTS_NAME) + file_sha256(directory / CONFIG_NAME))
+        torch.manual_seed(seed)  # an open_clip built-in name without a tag is its random initialisation
+        loaded = load_pretrained(foreign or directory, device=device)
+        # an open_clip built-in name has no files: its random weights are the seed's
+        files = source_files(checkpoint) or [f"{checkpoint} seed {seed}"]
+        key = hashlib.sha256("".join(file_sha256(f) if isinstance(f, Path) else f for f in files)
                              .encode()).hexdigest()
         return Encoder(loaded.model, loaded.tokenizer, loaded.config.preprocess_config(), loaded.config,
-                       str(directory), key)
+                       checkpoint, key)
 
     overrides: dict[str, Any] = {}
     if checkpoint == "imagenet":

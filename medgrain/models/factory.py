@@ -261,7 +261,7 @@ def create_model(name_or_config: str | ModelConfig | dict[str, Any], **overrides
 
 # A preset name "<source>:<ref>" builds the model from another library's checkpoint: the source's
 # function (imported when first used, so the factory does not import it) returns an Imported.
-MODEL_SOURCES = {"open_clip": "medgrain.export.openclip:import_open_clip"}
+MODEL_SOURCES = {"open_clip": "medgrain.export.openclip:import_open_clip", "hf": "medgrain.export.hf:import_hf"}
 
 
 class Imported(NamedTuple):
@@ -376,8 +376,35 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     return meta
 
 
+HF_EXPORT_MARKER = "medgrain_hf.json"  # written by `medgrain export --format hf` (medgrain.export.hf)
+
+
+def foreign_source(ref: str | Path) -> str | None:
+    """``ref`` as a "<source>:<ref>" model name when it is another library's model rather than a medgrain
+    checkpoint: an open_clip reference, or a folder written by ``medgrain export --format hf``."""
+    ref = str(ref)
+    if ref.split(":", 1)[0] in MODEL_SOURCES and not Path(ref).exists():
+        return ref
+    if (Path(ref) / HF_EXPORT_MARKER).is_file():
+        return f"hf:{ref}"
+    return None
+
+
+def source_files(ref: str | Path) -> list[Path]:
+    """The files a checkpoint reference is made of (for cache keys): a medgrain checkpoint's weights and config,
+    every file of an open_clip local-dir or hf export; none for a built-in name (random weights)."""
+    foreign = foreign_source(ref)
+    if foreign is None:
+        return [Path(ref) / WEIGHTS_NAME, Path(ref) / CONFIG_NAME]
+    source, _, rest = foreign.partition(":")
+    folder = rest[len("local-dir:"):] if rest.startswith("local-dir:") else rest if source == "hf" else None
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file()) if folder else []
+
+
 def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -> Pretrained:
-    """Rebuild ``Pretrained(model, tokenizer, transform, config)`` from a save_pretrained directory alone.
+    """Rebuild ``Pretrained(model, tokenizer, transform, config)`` from a save_pretrained directory alone,
+    or from another library's model: ``open_clip:local-dir:DIR`` / ``open_clip:hf-hub:ORG/NAME`` (any
+    ``create_model`` source) or a folder written by ``medgrain export --format hf``.
 
     The model comes back in eval mode on ``device``; ``transform`` is ``eval_transform`` of the saved
     preprocessing. Weights are loaded strictly: a missing or unexpected key is an error that names it.
@@ -386,6 +413,11 @@ def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
 
     from medgrain.data.transforms import eval_transform
 
+    foreign = foreign_source(directory)
+    if foreign is not None:  # another library's model: built as create_model builds it
+        created = create_model(foreign)
+        config = created.model.config
+        return Pretrained(created.model.to(device).eval(), created.tokenizer, eval_transform(created.preprocess), config)
     directory = Path(directory)
     meta = read_config(directory)
     config = ModelConfig.model_validate(meta["model"])

@@ -1,0 +1,47 @@
+"""medgrain.load_pretrained and every evaluation command take an open_clip model or an hf export too."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from openclip_fixtures import TEXTS, TINY_NATIVE, write_open_clip_dir
+
+from medgrain.cli import main
+from medgrain.models import create_model, load_pretrained
+
+
+@pytest.fixture(scope="module")
+def native(tmp_path_factory):
+    return write_open_clip_dir(tmp_path_factory.mktemp("native"), TINY_NATIVE)
+
+
+def test_load_pretrained_takes_an_open_clip_reference(native):
+    loaded = load_pretrained(f"open_clip:local-dir:{native}")
+    created = create_model(f"open_clip:local-dir:{native}")
+    assert not loaded.model.training
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model.encode_text(loaded.tokenizer(TEXTS)),
+                                   created.model.eval().encode_text(created.tokenizer(TEXTS)))
+    assert loaded.transform is not None and loaded.config.text.source == "open_clip"
+
+
+def test_evaluate_zero_shot_on_an_open_clip_model(native, tmp_path):
+    from medgrain.data.synthetic import generate
+
+    manifest = generate("cxr", tmp_path / "cxr", n=24, seed=1, size=32, workers=1)
+    out = tmp_path / "zero-shot.json"
+    code = main(["evaluate", "zero-shot", "--checkpoint", f"open_clip:local-dir:{native}", "--data", str(manifest),
+                 "--out", str(out), "--cache-dir", str(tmp_path / "cache")])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["task"] == "zero-shot" and result["checkpoint"] == f"open_clip:local-dir:{native}"
+    assert result["metrics"]
+
+
+def test_not_a_checkpoint_names_what_is_accepted(tmp_path, capsys):
+    from medgrain.evaluation import load_encoder
+
+    with pytest.raises(FileNotFoundError, match="open_clip:local-dir:DIR"):
+        load_encoder(tmp_path)
