@@ -44,7 +44,7 @@ def _cmd_pretrain(a: argparse.Namespace) -> int:
 def _cmd_prepare(a: argparse.Namespace) -> int:
     from .data.prepare import prepare
 
-    skip = ("dataset", "root", "out", "func", "command")
+    skip = ("dataset", "root", "out", "func", "command", "debug", "extra")
     result = prepare(a.dataset, a.root, a.out, **{k: v for k, v in vars(a).items() if k not in skip})
     print(result)
     return 0
@@ -123,7 +123,14 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
         flags = [x for x in extra if x.startswith("-")] or extra
         raise ValueError(f"medgrain evaluate {args.task}: option(s) {', '.join(flags)} do not apply to this task "
                          f"(medgrain evaluate {args.task} --help lists its options)")
-    values = {k: v for k, v in vars(args).items() if k not in ("task", "out")}
+    if args.max_image_pixels is not None:
+        # through the environment, so it reaches every task and DataLoader worker without an option each
+        import os
+
+        from .data.imageio import MAX_PIXELS_ENV
+
+        os.environ[MAX_PIXELS_ENV] = str(args.max_image_pixels)
+    values = {k: v for k, v in vars(args).items() if k not in ("task", "out", "max_image_pixels")}
     if args.task == "all":
         record = evaluate_all(out=args.out, **values)
         print_tables(suite_tables(record))
@@ -181,6 +188,7 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
         add_option_flags(p, ContextOptions, [*always, *spec.context])
         p.add_argument("--out", type=Path, help="result JSON to write")
         add_option_flags(p, spec.options)
+        _add_max_pixels(p)
     p = sub.add_parser("all", help="every task the data and the encoder allow, one JSON",
                        description="Runs every registered task the data and the encoder allow (the others are "
                                    "listed with the reason); epochs, patience, batch size and fractions follow the "
@@ -192,7 +200,13 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
     seen: set = set()
     for name in EVAL_TASKS.names():
         add_option_flags(p, task_spec(name).options, seen=seen)
+    _add_max_pixels(p)
     return parser
+
+
+def _add_max_pixels(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-image-pixels", type=int, metavar="N",
+                   help="refuse images whose header claims more pixels, before decoding (default 89.5 Mpixel, PIL's)")
 
 
 EVALUATE_DESCRIPTION = ("Each task writes JSON with its options, split sizes, metrics and per-image scores, and "
@@ -344,10 +358,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--fail", action="store_true", help="exit with status 1 when any image leaks")
     p.set_defaults(func=_cmd_leakage)
+    _add_debug(parser, sub)
     return parser
 
 
+def _add_debug(parser: argparse.ArgumentParser, sub) -> None:
+    """``--debug`` before or after the subcommand: show the traceback of a user's error."""
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (or MEDGRAIN_DEBUG=1)")
+    for p in sub.choices.values():
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import os
+
+    from .errors import user_message
+
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "evaluate":  # evaluate parses its own (build_evaluate_parser)
@@ -358,14 +384,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        # Errors the user can act on are printed plainly; set MEDGRAIN_DEBUG=1 for the traceback.
-        import os
-
-        if os.environ.get("MEDGRAIN_DEBUG"):
+    except Exception as e:
+        # A user's mistake (medgrain.errors maps which) is one short message and status 1; a bug keeps
+        # its traceback, as does every error under --debug or MEDGRAIN_DEBUG=1.
+        message = user_message(e)
+        if message is None or args.debug or os.environ.get("MEDGRAIN_DEBUG", "0") not in ("", "0"):
             raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        print(f"error: {message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -289,3 +289,21 @@ def test_dataloader_uses_a_distributed_sampler_when_initialised(tmp_path, tokeni
         assert build_dataloader(ds, collate, batch_size=2, distributed=False).sampler.__class__ is not DistributedSampler
     finally:
         dist.destroy_process_group()
+
+
+def test_granularities_are_the_whole_manifests_not_the_first_records(tmp_path):
+    # the first record lacks 'disease' and a later one has an extra 'location': both are seen, and
+    # where a record has no text at one it is absent (None), never dropped from every record
+    first = {"id": "0", "image": "img/b.png", "split": "train", "texts": {"status": "normal", "description": "clear"},
+             "report": "x"}
+    extra = {"id": "e", "image": "img/b.png", "split": "train", "report": "x",
+             "texts": {**texts("normal", "no finding", "clear lungs"), "location": "none"}}
+    path = make_manifest(tmp_path, extra=[extra])
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([json.dumps(first), *lines]) + "\n")
+    manifest = read_manifest(path)
+    assert manifest.granularities == ["status", "disease", "description", "location"]
+    ds = ImageTextDataset(manifest, "train")
+    assert ds.granularities == manifest.granularities
+    assert ds[0]["texts"] == {"status": "normal", "disease": None, "description": "clear", "location": None}
+    assert ds[len(ds) - 1]["texts"]["location"] == "none"

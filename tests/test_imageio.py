@@ -123,3 +123,87 @@ def test_missing_or_corrupt_file_names_path_and_reason(tmp_path, name, content, 
     with pytest.raises(ImageReadError, match=reason) as info:
         read_image(path)
     assert str(path) in str(info.value) and info.value.path == str(path)
+
+
+def _png_bytes(array) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _with_ihdr_size(png: bytes, width: int, height: int) -> bytes:
+    """The same PNG with the header claiming another size (and a valid header CRC, so only the
+    pixel data disagrees with it)."""
+    import struct
+    import zlib
+
+    data = bytearray(png)
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def test_corrupt_png_is_an_error_not_a_crash(tmp_path):
+    # torchvision's PNG decoder segfaulted on both: data that ends early, and a header claiming more
+    # pixels than the data holds
+    png = _png_bytes((np.arange(64 * 64) % 251).astype(np.uint8).reshape(64, 64))
+    (tmp_path / "short.png").write_bytes(png[: len(png) // 2])
+    (tmp_path / "claims.png").write_bytes(_with_ihdr_size(png, 1024, 1024))
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(tmp_path / "x.jpg")
+    (tmp_path / "short.jpg").write_bytes((tmp_path / "x.jpg").read_bytes()[:600])
+    for name in ("short.png", "claims.png", "short.jpg"):
+        with pytest.raises(ImageReadError, match="corrupt or unsupported image data") as info:
+            read_image(tmp_path / name)
+        assert name in str(info.value)
+
+
+def test_pixel_limit_refuses_before_decoding(tmp_path, monkeypatch):
+    from medgrain.data.imageio import DEFAULT_MAX_IMAGE_PIXELS, MAX_PIXELS_ENV
+
+    assert DEFAULT_MAX_IMAGE_PIXELS == Image.MAX_IMAGE_PIXELS  # PIL's own threshold
+    png = _png_bytes(np.zeros((8, 8), np.uint8))
+    (tmp_path / "huge.png").write_bytes(_with_ihdr_size(png, 16384, 16384))  # 268 Mpixel in a few bytes
+    with pytest.raises(ImageReadError, match=r"16384x16384 .*268\.4 Mpixel.*limit of 89\.5 Mpixel.*max_image_pixels"):
+        read_image(tmp_path / "huge.png")
+    (tmp_path / "ok.png").write_bytes(png)
+    with pytest.raises(ImageReadError, match=r"8x8 \(WxH\) = 0\.0 Mpixel"):
+        read_image(tmp_path / "ok.png", max_pixels=63)
+    assert read_image(tmp_path / "ok.png", max_pixels=64).shape == (1, 8, 8)
+    monkeypatch.setenv(MAX_PIXELS_ENV, "10")
+    with pytest.raises(ImageReadError, match="limit of 0.0 Mpixel"):
+        read_image(tmp_path / "ok.png")
+    np.savez_compressed(tmp_path / "big.npz", image=np.zeros((4, 5), np.uint8))
+    with pytest.raises(ImageReadError, match=r"big\.npz: image is 5x4"):
+        read_image(tmp_path / "big.npz")
+    path = write_dicom(tmp_path / "big.dcm", np.zeros((4, 5), np.uint16))
+    with pytest.raises(ImageReadError, match=r"big\.dcm: image is 5x4"):
+        read_image(path)
+    monkeypatch.setenv(MAX_PIXELS_ENV, "many")
+    with pytest.raises(ValueError, match="MEDGRAIN_MAX_IMAGE_PIXELS='many'"):
+        read_image(tmp_path / "ok.png")
+
+
+def test_limit_above_pils_own_is_honoured(tmp_path):
+    # PIL alone refuses beyond twice its threshold; a raised medgrain limit must reach the decoder
+    png = _png_bytes(np.zeros((8, 8), np.uint8))
+    (tmp_path / "huge.png").write_bytes(_with_ihdr_size(png, 20000, 10000))
+    with pytest.raises(ImageReadError, match="corrupt or unsupported image data"):
+        read_image(tmp_path / "huge.png", max_pixels=300_000_000)
+
+
+def test_non_finite_npz_and_dicom_without_pixels(tmp_path):
+    for value in (np.nan, np.inf):
+        np.savez(tmp_path / "nan.npz", image=np.array([[0.0, value]], np.float32))
+        with pytest.raises(ImageReadError, match=r"nan\.npz: array has NaN or infinite values"):
+            read_image(tmp_path / "nan.npz")
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    ds.PatientID = "p1"
+    ds.save_as(tmp_path / "report.dcm", enforce_file_format=True)
+    with pytest.raises(ImageReadError, match=r"report\.dcm: not a readable DICOM: it holds no pixel data"):
+        read_image(tmp_path / "report.dcm")

@@ -204,3 +204,11 @@ def test_summary_counts_texts_present_per_granularity_and_split(tmp_path):
     assert summary["reports"] == {"train": 1, "valid": 1, "test": 0}
     text = format_summary(summary)
     assert "train/valid/test" in text and re.search(r"disease .* 1/0/0", text) and re.search(r"report .* 1/1/0", text)
+
+
+def test_union_of_orders_keeps_coarse_to_fine():
+    from medgrain.data.manifest import union_of_orders
+
+    assert union_of_orders([["a", "c"], ["a", "b", "c"]]) == ["a", "b", "c"]
+    assert union_of_orders([["b", "c"], ["a", "b"], ["c", "d"]]) == ["a", "b", "c", "d"]
+    assert union_of_orders([[], ["x"]]) == ["x"] and union_of_orders([]) == []

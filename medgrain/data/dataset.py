@@ -51,6 +51,7 @@ class ImageTextDataset(Dataset):
         return_boxes: bool = False,
         on_error: OnError = "raise",
         text_only: bool = False,
+        max_image_pixels: int | None = None,
     ):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
@@ -59,6 +60,7 @@ class ImageTextDataset(Dataset):
         self.manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest, on_error=on_error)
         self.split, self.transform, self.on_error, self.text_only = split, transform, on_error, text_only
         self.return_masks, self.return_boxes = return_masks, return_boxes
+        self.max_image_pixels = max_image_pixels
         self.granularities = list(self.manifest.granularities if granularities is None else granularities)
         self.finding_names = list(self.manifest.finding_names if finding_names is None else finding_names)
         if (return_masks or return_boxes) and not self.finding_names:
@@ -142,7 +144,7 @@ class ImageTextDataset(Dataset):
         return item
 
     def _load(self, record: Record) -> dict[str, Any]:
-        image = self.manifest.read_image(record.image)
+        image = self.manifest.read_image(record.image, self.max_image_pixels)
         if not (self.return_masks or self.return_boxes):
             return {"image": self.transform(image) if self.transform else image}
         height, width = image.shape[-2:]
@@ -167,7 +169,8 @@ class ImageTextDataset(Dataset):
         masks = torch.zeros(len(self.finding_names), *size, dtype=torch.uint8)
         for finding in record.findings:
             if finding.mask and finding.name in self._finding_index:
-                masks[self._finding_index[finding.name]] |= self.manifest.read_mask(finding.mask, size).to(torch.uint8)
+                mask = self.manifest.read_mask(finding.mask, size, self.max_image_pixels)
+                masks[self._finding_index[finding.name]] |= mask.to(torch.uint8)
         return masks
 
     def _boxes(self, record: Record, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,10 +17,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, ValidationInfo, field_validator
 
+from ..errors import user_error
+
 SPLITS = ("train", "valid", "test")
 OnError = Literal["raise", "skip"]
 
 
+@user_error
 class ManifestError(ValueError):
     """A bad manifest record: names the file, the line (1-based) and the field."""
 
@@ -178,15 +181,15 @@ class Manifest:
     def has_file(self, relative: str) -> bool:
         return self.resolve(relative).is_file()
 
-    def read_image(self, relative: str):
+    def read_image(self, relative: str, max_pixels: int | None = None):
         from .imageio import read_image
 
-        return read_image(self.resolve(relative))
+        return read_image(self.resolve(relative), max_pixels)
 
-    def read_mask(self, relative: str, size: tuple[int, int] | None = None):
+    def read_mask(self, relative: str, size: tuple[int, int] | None = None, max_pixels: int | None = None):
         from .imageio import read_mask
 
-        return read_mask(self.resolve(relative), size)
+        return read_mask(self.resolve(relative), size, max_pixels)
 
     def split(self, name: str) -> list[Record]:
         if name not in SPLITS:
@@ -195,11 +198,8 @@ class Manifest:
 
     @property
     def granularities(self) -> list[str]:
-        """Granularity names in coarse-to-fine order, as the first record that has texts gives them."""
-        for r in self.records:
-            if r.texts:
-                return list(r.texts)
-        return []
+        """Every granularity any record has (the union), coarse to fine as the records order them."""
+        return union_of_orders(list(order) for order in dict.fromkeys(tuple(r.texts) for r in self.records))
 
     @property
     def finding_names(self) -> list[str]:
@@ -207,6 +207,20 @@ class Manifest:
 
     def __len__(self) -> int:
         return len(self.records)
+
+
+def union_of_orders(orders: Iterable[list[str]]) -> list[str]:
+    """Merge ordered lists of names into one that keeps each list's order where they agree: a name
+    first seen in a later list goes right after the name that precedes it there (``[a, c]`` then
+    ``[a, b, c]`` gives ``[a, b, c]``), so a record lacking a granularity cannot reorder the rest."""
+    merged: list[str] = []
+    for order in orders:
+        for k, name in enumerate(order):
+            if name in merged:
+                continue
+            before = next((p for p in reversed(order[:k]) if p in merged), None)
+            merged.insert(0 if before is None else merged.index(before) + 1, name)
+    return merged
 
 
 def _field_of(err: ValidationError) -> tuple[str | None, str]:

@@ -202,12 +202,12 @@ class ShardedManifest(Manifest):
     def has_file(self, relative: str) -> bool:
         return relative in self.reader
 
-    def read_image(self, relative: str) -> torch.Tensor:
-        return decode_image_bytes(self.reader.read(relative), self.reader.location(relative))
+    def read_image(self, relative: str, max_pixels: int | None = None) -> torch.Tensor:
+        return decode_image_bytes(self.reader.read(relative), self.reader.location(relative), max_pixels)
 
-    def read_mask(self, relative: str, size: tuple[int, int] | None = None) -> torch.Tensor:
+    def read_mask(self, relative: str, size: tuple[int, int] | None = None, max_pixels: int | None = None) -> torch.Tensor:
         location = self.reader.location(relative)
-        return check_mask(decode_image_bytes(self.reader.read(relative), location), location, size)
+        return check_mask(decode_image_bytes(self.reader.read(relative), location, max_pixels), location, size)
 
 
 def read_shards(root: str | Path, on_error: OnError = "raise") -> ShardedManifest:

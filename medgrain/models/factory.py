@@ -23,6 +23,7 @@ from torch import nn
 
 from medgrain.data.text import Tokenizer
 from medgrain.data.transforms import CLIP_MEAN, CLIP_STD, PreprocessConfig
+from medgrain.errors import CheckpointError, loading
 from medgrain.models.dual import DualEncoder
 from medgrain.models.image import create_image_tower
 from medgrain.models.text import create_text_tower, create_tokenizer, text_tower_from_config
@@ -368,7 +369,12 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"not a medgrain model directory (no {CONFIG_NAME}): {Path(directory)}")
-    meta = json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(path, f"not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(path, "not a medgrain config (the top level is not an object)")
     if meta.get("format") != "medgrain":
         raise ValueError(f"{path}: not a medgrain config (format={meta.get('format')!r})")
     if meta.get("format_version", 0) > FORMAT_VERSION:
@@ -420,20 +426,24 @@ def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
         return Pretrained(created.model.to(device).eval(), created.tokenizer, eval_transform(created.preprocess), config)
     directory = Path(directory)
     meta = read_config(directory)
-    config = ModelConfig.model_validate(meta["model"])
-    model = _build(config, text_config=meta["text_config"])
+    with loading(directory / CONFIG_NAME):
+        config = ModelConfig.model_validate(meta["model"])
+        text_config, preprocess = meta["text_config"], PreprocessConfig.from_dict(meta["preprocess"])
+    model = _build(config, text_config=text_config)
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
         raise FileNotFoundError(f"no {WEIGHTS_NAME} in {directory}")
     try:
-        missing, unexpected = load_model(model, str(weights), strict=False)
-    except RuntimeError as e:  # shapes that disagree with the config
-        raise RuntimeError(f"{weights} does not match the model described by its {CONFIG_NAME}: {e}") from e
+        with loading(weights):
+            missing, unexpected = load_model(model, str(weights), strict=False)
+    except CheckpointError as e:
+        if isinstance(e.__cause__, RuntimeError) and "size mismatch" in str(e.__cause__):
+            raise CheckpointError(weights, f"does not match the model described by its {CONFIG_NAME}: {e.__cause__}") from None
+        raise
     if missing or unexpected:
         raise RuntimeError(
             f"{weights} does not match the model described by its {CONFIG_NAME}: "
             f"missing keys {sorted(missing)}, unexpected keys {sorted(unexpected)}"
         )
     tokenizer = Tokenizer.load(directory / TOKENIZER_DIR)
-    preprocess = PreprocessConfig.from_dict(meta["preprocess"])
     return Pretrained(model.to(device).eval(), tokenizer, eval_transform(preprocess), config)

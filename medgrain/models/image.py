@@ -14,6 +14,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from medgrain.errors import loading
 from medgrain.models.attention import CaptureInput, cls_attention_probs
 from medgrain.models.hub import fetching, local_file, looks_like_path, unavailable
 
@@ -91,7 +92,8 @@ def _create_timm(name: str, pretrained: str | None, **kwargs) -> nn.Module:
         # timm's loader reads safetensors, or torch files with weights_only=True, and adapts the
         # checkpoint (classifier dropped, position embeddings resized, input channels) to this model.
         path = local_file(pretrained, f"timm model {name!r}")
-        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": path}, **kwargs)
+        with loading(path):
+            return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": path}, **kwargs)
     tagged = name if pretrained == "default" else f"{name}.{pretrained}"
     with fetching(
         "timm weights",

@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..errors import loading
 from ..models import save_pretrained
 
 TRAIN_STATE = "train_state.pt"
@@ -97,11 +98,16 @@ def load_training_state(directory: Path, *, model: nn.Module, objective: nn.Modu
     from safetensors.torch import load_model
 
     directory = Path(directory)
-    missing, unexpected = load_model(model, str(directory / "model.safetensors"), strict=True)
+    with loading(directory / "model.safetensors"):
+        load_model(model, str(directory / "model.safetensors"), strict=True)
     obj_path = directory / OBJECTIVE_WEIGHTS
     if obj_path.is_file():
-        objective.load_state_dict(load_file(str(obj_path)), strict=True)
-    state = torch.load(directory / TRAIN_STATE, map_location="cpu", weights_only=True)
+        with loading(obj_path):
+            objective.load_state_dict(load_file(str(obj_path)), strict=True)
+    with loading(directory / TRAIN_STATE):
+        state = torch.load(directory / TRAIN_STATE, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or not {"optimizer", "scheduler"} <= state.keys():
+            raise ValueError("not a medgrain training state (no optimizer and scheduler state)")
     optimizer.load_state_dict(state.pop("optimizer"))
     scheduler.load_state_dict(state.pop("scheduler"))
     return state

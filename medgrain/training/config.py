@@ -22,6 +22,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from ..errors import user_error
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
@@ -68,6 +70,9 @@ class DataConfig(_Strict):
     max_length: int | None = Field(None, ge=8)  # default: the model's tokenizer setting
     num_workers: int = Field(0, ge=0)
     on_error: Literal["raise", "skip"] = "raise"
+    # images whose header claims more pixels are refused before decoding (None: medgrain's default,
+    # PIL's decompression-bomb threshold of 89.5 Mpixel, or $MEDGRAIN_MAX_IMAGE_PIXELS)
+    max_image_pixels: int | None = Field(None, ge=1)
     synthetic: SyntheticData | None = None
 
     @model_validator(mode="after")
@@ -186,6 +191,7 @@ class RunConfig(_Strict):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
+@user_error
 class ConfigError(ValueError):
     pass
 

@@ -137,7 +137,8 @@ def _train(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> TrainResult:
     objective = build_objective(cfg.objective, granularities, has_report, embed_dim=model.embed_dim)
     _seed_everything(t.seed + 1000 * env.rank)
 
-    common = dict(granularities=granularities, with_report=objective.needs_report, on_error=cfg.data.on_error)
+    common = dict(granularities=granularities, with_report=objective.needs_report, on_error=cfg.data.on_error,
+                  max_image_pixels=cfg.data.max_image_pixels)
     train_ds = EpochSeededDataset(
         ImageTextDataset(manifest, cfg.data.train_split, transform=pretrain_transform(preprocess), **common),
         seed=t.seed,

@@ -19,12 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ...errors import user_error
 from ..manifest import SPLITS, ManifestError, OnError, Record, parse_record, write_manifest
 
 NORMAL, ABNORMAL = "Normal", "Abnormal"
 NO_FINDING = "No Finding"
 
 
+@user_error
 class PrepareError(ValueError):
     """Bad input in a dataset as published: names the file, the line (or record), the column and value.
 
