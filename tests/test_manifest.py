@@ -212,3 +212,17 @@ def test_union_of_orders_keeps_coarse_to_fine():
     assert union_of_orders([["a", "c"], ["a", "b", "c"]]) == ["a", "b", "c"]
     assert union_of_orders([["b", "c"], ["a", "b"], ["c", "d"]]) == ["a", "b", "c", "d"]
     assert union_of_orders([[], ["x"]]) == ["x"] and union_of_orders([]) == []
+
+
+def test_csv_non_utf8_byte_names_its_line_and_column(tmp_path):
+    # the byte sits far into the file, past the decoder's first chunk, where the line used to be wrong
+    rows = [f"r{k},,train,,normal,clear,,,\n".encode() for k in range(400)]
+    rows[300] = b"bad,,train,,normal,cl\xe9ar,,,\n"
+    path = tmp_path / "m.csv"
+    path.write_bytes(CSV_HEADER.encode() + b"".join(rows))
+    with pytest.raises(ManifestError, match=r"m\.csv:302: field 'texts\.disease': not UTF-8 text: byte 0xE9 at "
+                                            r"character 3 of the cell") as info:
+        read_manifest(path)
+    assert info.value.line == 302
+    m = read_manifest(path, on_error="skip")
+    assert len(m.records) == 399 and [(s.line, s.field) for s in m.skipped] == [(302, "texts.disease")]

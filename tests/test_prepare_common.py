@@ -137,3 +137,22 @@ def test_prepare_excludes_images_of_another_manifest(tmp_path):
     assert sorted(r.id for r in read_manifest(result.manifest).records) == ["p1", "p3", "p4", "p6"]
     assert {(b, a.split("#")[1]) for b, a, _ in result.leaks} == {("p2", "p2"), ("p5", "p5")}
     assert sum(result.dropped.values()) == 2 and "excluded manifest" in str(result)
+
+
+def test_non_utf8_bytes_name_line_and_column(tmp_path):
+    import gzip
+
+    from medgrain.data.prepare.common import PrepareError, open_text, read_csv
+
+    body = b"Path,Sex\n" + b"".join(f"p{k}.jpg,F\n".encode() for k in range(300)) + b"p\xff.jpg,M\nlast.jpg,F\n"
+    for name, data in (("a.csv", body), ("a.csv.gz", gzip.compress(body))):
+        (tmp_path / name).write_bytes(data)
+        rows = list(read_csv(tmp_path / name, ["Path"]))
+        assert len(rows) == 302 and rows[-1]["Path"] == "last.jpg"
+        with pytest.raises(PrepareError, match=rf"{name}:302: column 'Path': not UTF-8 text: byte 0xFF at "
+                                               r"character 2 of the cell") as info:
+            rows[300]["Sex"]  # any read of the row: the row as a whole is suspect
+        assert info.value.reason == "not UTF-8" and rows[300].cells["Path"] == "p\ufffd.jpg"
+    with pytest.raises(PrepareError, match=r"a\.csv:302: not UTF-8 text: byte 0xFF at character 2 of the line"):
+        with open_text(tmp_path / "a.csv") as f:
+            list(f)

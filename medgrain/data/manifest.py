@@ -254,6 +254,27 @@ def parse_record(obj: Any, path: str | Path = "<record>", line: int | None = Non
 CSV_JSON_COLUMNS = ("findings", "meta", "texts")
 
 
+def undecodable_byte(text: str) -> tuple[int, int] | None:
+    """``(position, byte)`` of the first byte that was not UTF-8 in ``text`` decoded with
+    ``errors="surrogateescape"`` (where such a byte became a lone surrogate), else None. Decoding that
+    way lets a CSV reader reach the row and cell that holds the byte, and name them."""
+    if text.isascii():
+        return None
+    for k, ch in enumerate(text):
+        if "\udc80" <= ch <= "\udcff":
+            return k, ord(ch) - 0xDC00
+    return None
+
+
+def not_utf8_message(text: str, where: str) -> str | None:
+    """The message for ``text``'s first non-UTF-8 byte (``where``: "cell", "line"), or None."""
+    bad = undecodable_byte(text)
+    if bad is None:
+        return None
+    return (f"not UTF-8 text: byte 0x{bad[1]:02X} at character {bad[0] + 1} of the {where} "
+            "(re-save the file as UTF-8)")
+
+
 def _csv_header(path: Path, header: list[str] | None) -> list[str]:
     """Check the header once: a wrong column would otherwise fail every row the same way."""
     if header is None:
@@ -281,6 +302,9 @@ def _csv_row(path: Path, line: int, columns: list[str], row: list[str]) -> dict[
     for column, value in zip(columns, row):
         if value == "":
             continue
+        bad = not_utf8_message(value, "cell")
+        if bad:
+            raise ManifestError(path, line, column, bad)
         if column.startswith("texts."):
             texts[column[len("texts."):]] = value
         elif column == "labels" and not value.lstrip().startswith("["):
@@ -298,10 +322,15 @@ def _csv_row(path: Path, line: int, columns: list[str], row: list[str]) -> dict[
 
 
 def _csv_objects(path: Path) -> Iterator[tuple[int, dict | ManifestError]]:
-    with path.open(newline="", encoding="utf-8-sig") as f:
+    # surrogateescape: a non-UTF-8 byte reaches its row and cell, which _csv_row names
+    with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
         reader = csv.reader(f)
         try:
-            columns = _csv_header(path, next(reader, None))
+            header = next(reader, None)
+            bad = not_utf8_message(",".join(header or []), "header")
+            if bad:
+                raise ManifestError(path, 1, None, bad)
+            columns = _csv_header(path, header)
             for row in reader:
                 if not any(cell.strip() for cell in row):
                     continue
@@ -309,9 +338,6 @@ def _csv_objects(path: Path) -> Iterator[tuple[int, dict | ManifestError]]:
                     yield reader.line_num, _csv_row(path, reader.line_num, columns, row)
                 except ManifestError as e:
                     yield reader.line_num, e
-        except UnicodeDecodeError as e:
-            # the decoder cannot resynchronise, so this stops the file even with on_error="skip"
-            raise ManifestError(path, reader.line_num + 1, None, f"not UTF-8 text ({e.reason})") from None
         except csv.Error as e:
             raise ManifestError(path, reader.line_num, None, f"malformed CSV: {e}") from None
 

@@ -15,12 +15,13 @@ import io
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ...errors import user_error
-from ..manifest import SPLITS, ManifestError, OnError, Record, parse_record, write_manifest
+from ..manifest import SPLITS, ManifestError, OnError, Record, not_utf8_message, parse_record, write_manifest
 
 NORMAL, ABNORMAL = "Normal", "Abnormal"
 NO_FINDING = "No Finding"
@@ -54,8 +55,11 @@ class Row:
     path: Path
     line: int
     cells: dict[str, str | None]
+    undecodable: PrepareError | None = None  # a cell that was not UTF-8: every read of the row raises it
 
     def __getitem__(self, column: str) -> str:
+        if self.undecodable is not None:
+            raise self.undecodable
         value = self.cells.get(column)
         if value is None:
             raise self.error(column, None, "the row has no cell for this column", reason="short row")
@@ -65,19 +69,49 @@ class Row:
         return PrepareError(self.path, self.line, column, value, message, reason)
 
 
-def open_text(path: Path) -> io.TextIOBase:
-    """Plain or gzipped text; ``utf-8-sig`` because some published CSVs start with a byte-order mark."""
+def _open_surrogates(path: Path) -> io.TextIOBase:
+    """Plain or gzipped text; ``utf-8-sig`` because some published CSVs start with a byte-order mark;
+    ``surrogateescape`` so that a non-UTF-8 byte reaches the line (and cell) that holds it."""
     if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path), encoding="utf-8-sig", newline="")
-    return path.open(encoding="utf-8-sig", newline="")
+        return io.TextIOWrapper(gzip.open(path), encoding="utf-8-sig", errors="surrogateescape", newline="")
+    return path.open(encoding="utf-8-sig", errors="surrogateescape", newline="")
+
+
+@contextmanager
+def open_text(path: Path) -> Iterator[Iterator[str]]:
+    """The lines of a plain or gzipped text file; a line that is not UTF-8 raises a PrepareError naming
+    the file, the line and the byte (CSV rows read with ``read_csv`` name the column too)."""
+    with _open_surrogates(path) as f:
+        yield _utf8_lines(path, f)
+
+
+def _utf8_lines(path: Path, lines: Iterable[str]) -> Iterator[str]:
+    for line_no, line in enumerate(lines, start=1):
+        bad = not_utf8_message(line, "line")
+        if bad:
+            raise PrepareError(path, line_no, None, None, bad, reason="not UTF-8")
+        yield line
+
+
+def _undecodable(row: Row) -> PrepareError | None:
+    """The first cell of ``row`` that is not UTF-8, as the error every read of the row raises; the
+    cells are left readable (the bytes replaced) for code that reads ``row.cells`` directly."""
+    error = None
+    for column, value in row.cells.items():
+        bad = not_utf8_message(value or "", "cell")
+        if bad:
+            error = error or row.error(column, None, bad, reason="not UTF-8")
+            row.cells[column] = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return error
 
 
 def read_csv(path: Path, required: Sequence[str]) -> Iterator[Row]:
     """Rows of a CSV whose header must hold ``required``. Header names are stripped, because some
-    releases pad them (SIIM's second column is ``" EncodedPixels"``)."""
-    with open_text(path) as f:
+    releases pad them (SIIM's second column is ``" EncodedPixels"``). A row with a byte that is not
+    UTF-8 raises, naming line and column, when it is read (so ``on_error=skip`` can skip it alone)."""
+    with _open_surrogates(path) as f:
         reader = csv.reader(f)
-        header = [h.strip() for h in next(reader, [])]
+        header = _header(path, reader)
         missing = [c for c in required if c not in header]
         if missing:
             raise PrepareError(path, 1, missing[0], None,
@@ -86,7 +120,17 @@ def read_csv(path: Path, required: Sequence[str]) -> Iterator[Row]:
         for cells in reader:
             if not any(c.strip() for c in cells):
                 continue
-            yield Row(path, reader.line_num, dict(zip(header, cells)))
+            row = Row(path, reader.line_num, dict(zip(header, cells)))
+            row.undecodable = _undecodable(row)
+            yield row
+
+
+def _header(path: Path, reader) -> list[str]:
+    header = [h.strip() for h in next(reader, [])]
+    bad = not_utf8_message(",".join(header), "header")
+    if bad:
+        raise PrepareError(path, 1, None, None, bad, reason="not UTF-8")
+    return header
 
 
 def find_file(root: Path, patterns: Sequence[str], what: str) -> Path:
