@@ -1,0 +1,122 @@
+"""Export to Hugging Face: a process that cannot import medgrain loads the folder with transformers, following
+the model card's own code, and gets medgrain's embeddings; medgrain loads the folder back."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from openclip_fixtures import TEXTS, TINY_NATIVE
+from test_export_open_clip import TINY_TEXT, _checkpoint
+
+from medgrain.export import export
+from medgrain.export.openclip import NotExpressibleError
+from medgrain.models import load_pretrained
+
+OPEN_CLIP_VIT = {"source": "open_clip", "name": "ViT-B-16", "image_size": 32,
+                 "kwargs": {"embed_dim": 32, "vision_cfg": TINY_NATIVE["vision_cfg"]}}
+COMBINATIONS = {
+    "clip-vit+bert-cls+linear": {"image": OPEN_CLIP_VIT, "text": {**TINY_TEXT, "pooling": "cls"}, "embed_dim": 32,
+                                 "image_head": "identity"},
+    "timm-vit+bert-mean+gelu-mlp": {"image": {"source": "timm", "name": "vit_tiny_patch16_224", "image_size": 32,
+                                              "kwargs": {"patch_size": 8}},
+                                    "text": {**TINY_TEXT, "pooling": "mean"}, "embed_dim": 32, "text_head": "gelu-mlp"},
+    "timm-cnn+bert-cls+linear": {"image": {"source": "timm", "name": "resnet18", "image_size": 64},
+                                 "text": {**TINY_TEXT, "pooling": "cls"}, "embed_dim": 32},
+}
+
+# Runs in a fresh interpreter where importing medgrain fails: the model card's code blocks, as written.
+CONSUMER = r'''
+import importlib.abc, json, re, sys
+class NoMedgrain(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "medgrain":
+            raise ImportError("medgrain must not be needed")
+sys.meta_path.insert(0, NoMedgrain())
+import torch
+from safetensors.torch import load_file, save_file
+folder, inputs, out = sys.argv[1:4]
+pixels = load_file(inputs)["pixels"]
+texts = json.loads(open(inputs + ".json").read())
+card = open(folder + "/README.md").read()
+blocks = [b.replace("DIR", folder) for b in re.findall(r"```python\n(.*?)```", card, flags=re.S)]
+scope = {"pixels": pixels, "texts": texts}
+with torch.no_grad():
+    for block in blocks:
+        exec(block, scope)
+assert not any(m.split(".")[0] == "medgrain" for m in sys.modules)
+save_file({"image": scope["image_embedding"].contiguous(), "text": scope["text_embedding"].contiguous()}, out)
+'''
+
+
+def _consume(folder, pixels, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    inputs = tmp_path / "inputs.safetensors"
+    save_file({"pixels": pixels}, str(inputs))
+    (tmp_path / "inputs.safetensors.json").write_text(json.dumps(TEXTS))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", CONSUMER, str(folder), str(inputs), str(tmp_path / "got.safetensors")],
+                          env={**env, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}, capture_output=True,
+                          text=True, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return load_file(str(tmp_path / "got.safetensors"))
+
+
+@pytest.mark.parametrize("name", list(COMBINATIONS))
+def test_hf_folder_loads_in_transformers_alone(name, tmp_path):
+    checkpoint = _checkpoint(tmp_path, COMBINATIONS[name])
+    out = export(checkpoint, "hf", tmp_path / "hf")
+    ours = load_pretrained(checkpoint)
+    size = ours.config.image.image_size
+    pixels = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(2))
+    got = _consume(out, pixels, tmp_path)
+    norm = torch.nn.functional.normalize
+    with torch.no_grad():
+        image, text = ours.model.encode_image(pixels), ours.model.encode_text(ours.tokenizer(TEXTS))
+    torch.testing.assert_close(norm(got["image"], dim=-1), image, rtol=0, atol=1e-5)
+    torch.testing.assert_close(norm(got["text"], dim=-1), text, rtol=0, atol=1e-5)
+    processor = json.loads((out / "image" / "preprocessor_config.json").read_text())
+    assert str(size) in json.dumps(processor) and str(ours.config.preprocess.mean[0]) in json.dumps(processor)
+    # and medgrain loads the folder back, the same model
+    back = load_pretrained(out)
+    with torch.no_grad():
+        torch.testing.assert_close(back.model.encode_image(pixels), image, rtol=0, atol=1e-5)
+        torch.testing.assert_close(back.model.encode_text(back.tokenizer(TEXTS)), text, rtol=0, atol=1e-5)
+
+
+def test_model_card_metadata_from_the_run(tmp_path):
+    checkpoint = _checkpoint(tmp_path, COMBINATIONS["timm-cnn+bert-cls+linear"])
+    (checkpoint / "run.yaml").write_text(yaml.safe_dump({"objective": {"name": "mgll"},
+                                                         "data": {"manifest": "data/mimic/manifest.jsonl"}}))
+    (tmp_path / "zero-shot.json").write_text(json.dumps({
+        "task": "zero-shot", "data": "data/mimic/manifest.jsonl",
+        "metrics": {"macro": {"auroc": {"value": 0.75, "ci": [0.7, 0.8]}, "accuracy": 0.5}}}))
+    (checkpoint / "train_log.json").write_text("[1, 2]")  # not a result: ignored
+    out = export(checkpoint, "hf", tmp_path / "hf")
+    card = (out / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---")[1])
+    assert meta["license"] == "other" and "objective-mgll" in meta["tags"]
+    results = meta["model-index"][0]["results"]
+    assert results[0]["task"]["type"] == "zero-shot"
+    assert {m["type"]: m["value"] for m in results[0]["metrics"]} == {"auroc": 0.75, "accuracy": 0.5}
+    assert "data/mimic/manifest.jsonl" in card and "AutoModelForImageClassification" in card
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"head": "mlp", "head_hidden": 16}, "image head 'mlp'"),
+    ({"text": {**TINY_TEXT, "pooling": "flair"}}, "text pooling 'flair'"),
+    ({"image": OPEN_CLIP_VIT}, "a 'linear' image head over open_clip"),
+])
+def test_what_hf_cannot_express_is_refused(override, message, tmp_path):
+    config = {"image": {"source": "timm", "name": "resnet18", "image_size": 64}, "text": TINY_TEXT, "embed_dim": 32,
+              **override}
+    checkpoint = _checkpoint(tmp_path, config)
+    with pytest.raises(NotExpressibleError, match=message):
+        export(checkpoint, "hf", tmp_path / "hf")
+    assert not (tmp_path / "hf").exists() and not (tmp_path / ".hf.partial").exists()
