@@ -15,7 +15,7 @@ from medgrain.registry import Registry
 EXPORT_FORMATS: Registry = Registry("export format")
 
 # Modules that register a format; imported on first use so `import medgrain.export` stays light.
-_FORMAT_MODULES = ("medgrain.export.openclip", "medgrain.export.hf")
+_FORMAT_MODULES = ("medgrain.export.openclip", "medgrain.export.hf", "medgrain.export.llava")
 
 
 def _load_formats() -> Registry:
