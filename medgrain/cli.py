@@ -245,6 +245,35 @@ def _cmd_report(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ablate(a: argparse.Namespace) -> int:
+    from .ablation import format_tables, run_ablation
+
+    result = run_ablation(a.suite, a.data, a.out, seeds=tuple(a.seeds), budget=a.budget, device=a.device,
+                          bootstrap=a.bootstrap, variants=tuple(a.variants) if a.variants else None)
+    print(format_tables(result))
+    print(f"wrote {a.out / 'ablation.json'} and {a.out / 'table.md'} ({result['minutes']} min)")
+    return 0
+
+
+def _add_ablate(sub) -> None:
+    from .ablation import ABLATIONS, BUDGETS
+
+    p = sub.add_parser("ablate", help="the papers' ablations: every variant pretrained with the same budget and seeds, "
+                                      "evaluated, and each claimed ordering tested",
+                       description="Runs already finished in --out are reused, so an interrupted suite continues. "
+                                   "See docs/results.md.")
+    p.add_argument("suite", choices=ABLATIONS.names(), help="; ".join(f"{n}: {ABLATIONS.get(n).paper_metric}"
+                                                                     for n in ABLATIONS.names()))
+    p.add_argument("--data", type=Path, required=True, help="manifest.jsonl (e.g. from medgrain synth)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
+    p.add_argument("--variants", nargs="+", help="only these variants (names as in the table)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="resamples of the test images per interval")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=_cmd_ablate)
+
+
 def _cmd_demo(a: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -306,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_info)
 
     _add_pretrain(sub)
+    _add_ablate(sub)
     _add_evaluate(sub)
     _add_prepare(sub)
     _add_export(sub)

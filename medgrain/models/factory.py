@@ -155,6 +155,14 @@ register_model("minilm-vit-small", {
     "text": {"name_or_path": "minilm", "max_length": 128},
     "embed_dim": 256, "token_heads": True,  # token heads too, so one preset serves CLIP, MGLL and MGCA
 })
+# Real pretrained towers that work offline, at a CPU budget where the methods learn and MGCA's token
+# alignment has an 8x8 grid to align (EfficientNet-Lite0's stride-16 stage at 128 px): ImageNet
+# EfficientNet-Lite0 (medgrain.models.bundled) and MiniLM-L6. Issue 16's ablations run on these.
+EFFNET_LITE0 = {"source": "timm", "name": "tf_efficientnet_lite0", "pretrained": "bundled:efficientnet-lite0",
+                "image_size": 128}
+MINILM = {"name_or_path": "minilm", "max_length": 128}
+register_model("effnet-minilm", {"image": EFFNET_LITE0, "text": MINILM, "embed_dim": 128, "token_heads": True})
+register_model("effnet-minilm-mgca", {"image": EFFNET_LITE0, "text": MINILM, **MGCA_HEADS, "head_hidden": 512})
 # MGLL: OpenAI CLIP ViT-L/14 (with the QuickGELU it was trained with) and Bio_ClinicalBERT, 768-d.
 # The image embedding is CLIP's own projection (no head on top, as in MGLL's code); the text gets a
 # bias-free linear head (FLAIR's projection). MGLL's BERT wrapper (FLAIR's) averages layers 1, 2 and the last, then all

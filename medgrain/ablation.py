@@ -1,0 +1,404 @@
+"""``medgrain ablate mgll|mgca``: do the papers' claims hold?
+
+Every variant of a suite is pretrained with the same budget and seeds on the same data, evaluated on the
+same tasks, and each ordering a paper claims is tested on the results:
+
+- MGLL (Li et al., "Multi-Granular Language Learning", ICLR 2026): each part of the loss helps (RFMiD
+  linear-probe AUC: CLIP 44.66, point-wise only 70.34, soft CLIP only 67.86, both 75.73, full MGLL 79.62),
+  more granularities help (MIDRC-XR-Portable: 1, 2, 3 levels 80.54, 82.92, 83.86), and 30% of the
+  granularity texts missing costs almost nothing (79.61 against 79.62).
+- MGCA (Wang et al., "Multi-Granularity Cross-modal Alignment", NeurIPS 2022, arXiv:2210.06044): each
+  alignment level helps (instance < + token < + token + prototype, linear probe at 1% and segmentation),
+  and token-level alignment is what localises. The paper's ablation numbers were not recovered (see the
+  research notes), so only its orderings are shown.
+
+A claim "A beats B" is judged by a paired comparison over seeds and test images: for metrics with stored
+per-image scores (linear probe, zero-shot), the mean over seeds of metric(A) - metric(B), with test images
+resampled together for every run (``paired_bootstrap``); for the others (segmentation, grounding), a
+t-interval over the seeds' paired differences. It "held" when the 95% interval is above 0, "reversed"
+when below, and "cannot be told apart" otherwise. A closeness claim ("costs almost nothing") held when
+the interval lies within +-``CLOSE`` of 0.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .registry import Registry
+
+log = logging.getLogger(__name__)
+
+CLOSE = 0.02  # AUROC: what "costs almost nothing" allows
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    objective: str
+    options: dict[str, Any] = field(default_factory=dict)  # overrides under objective., e.g. mgll.alpha_kl
+    granularities: int | None = None  # keep the first (coarsest) k granularities
+    drop_texts: float | None = None  # data.drop_texts rate, over every granularity
+    paper: str = ""  # the paper's number(s) for this variant, with where they come from
+
+
+@dataclass(frozen=True)
+class Claim:
+    better: str
+    worse: str
+    metric: str  # a column of the table (see METRICS)
+    source: str
+    kind: str = "better"  # or "close": |better - worse| within CLOSE
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    variants: tuple[Variant, ...]
+    claims: tuple[Claim, ...]
+    paper_metric: str
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What every variant gets: pretraining epochs, batch, learning rate, image size and preset, and the
+    evaluation's segmentation epochs. ``toy`` is for tests; ``cpu`` is the documented run."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    image_size: int
+    preset: str  # model preset of the mgll suite; the mgca suite uses preset + "-mgca" when registered
+    segment_epochs: int
+    fractions: tuple[float, ...] = (0.01, 0.1, 1.0)
+    segment_fractions: tuple[float, ...] = (0.1, 1.0)
+    stop_after_steps: int | None = None
+
+
+BUDGETS = {
+    "toy": Budget(epochs=1, batch_size=16, lr=1e-3, image_size=48, preset="tiny", segment_epochs=1,
+                  fractions=(0.1, 1.0), segment_fractions=(1.0,), stop_after_steps=2),
+    "cpu": Budget(epochs=4, batch_size=32, lr=3e-4, image_size=128, preset="effnet-minilm", segment_epochs=5),
+}
+
+ABLATIONS: Registry[Suite] = Registry("ablation suite")
+
+MGLL_LP = "RFMiD linear-probe AUC"
+ABLATIONS.add("mgll", Suite(
+    "mgll",
+    (
+        Variant("CLIP", "clip", paper=f"44.66 ({MGLL_LP})"),
+        Variant("soft CLIP only", "mgll", {"mgll.alpha_point": 0.0, "mgll.alpha_kl": 0.0}, paper="67.86"),
+        Variant("point-wise only", "mgll", {"mgll.alpha_clip": 0.0, "mgll.alpha_kl": 0.0}, paper="70.34"),
+        Variant("soft CLIP + point-wise", "mgll", {"mgll.alpha_kl": 0.0}, paper="75.73"),
+        Variant("MGLL", "mgll", paper="79.62; 83.86 with 3 levels (MIDRC-XR-Portable)"),
+        Variant("MGLL, 1 granularity", "mgll", granularities=1, paper="80.54 (MIDRC-XR-Portable)"),
+        Variant("MGLL, 2 granularities", "mgll", granularities=2, paper="82.92 (MIDRC-XR-Portable)"),
+        Variant("MGLL, 30% texts removed", "mgll", drop_texts=0.3, paper="79.61"),
+    ),
+    (
+        Claim("point-wise only", "CLIP", "linear probe 100%", "MGLL loss ablation (RFMiD)"),
+        Claim("soft CLIP only", "CLIP", "linear probe 100%", "MGLL loss ablation (RFMiD)"),
+        Claim("soft CLIP + point-wise", "point-wise only", "linear probe 100%", "MGLL loss ablation (RFMiD)"),
+        Claim("soft CLIP + point-wise", "soft CLIP only", "linear probe 100%", "MGLL loss ablation (RFMiD)"),
+        Claim("MGLL", "soft CLIP + point-wise", "linear probe 100%", "MGLL loss ablation (RFMiD)"),
+        Claim("MGLL, 2 granularities", "MGLL, 1 granularity", "linear probe 100%", "MGLL granularity ablation"),
+        Claim("MGLL", "MGLL, 2 granularities", "linear probe 100%", "MGLL granularity ablation"),
+        Claim("MGLL, 30% texts removed", "MGLL", "linear probe 100%", "MGLL missing-label robustness", "close"),
+        Claim("MGLL, 30% texts removed", "CLIP", "linear probe 100%", "MGLL missing-label robustness"),
+        Claim("MGLL", "CLIP", "zero-shot", "MGLL's soft targets (no zero-shot number in the paper)"),
+    ),
+    "linear-probe AUC, %",
+))
+
+MGCA_SRC = "MGCA ablation (numbers not recovered)"
+ABLATIONS.add("mgca", Suite(
+    "mgca",
+    (
+        Variant("ITA", "mgca", {"mgca.lambda_tca": 0.0, "mgca.lambda_cpa": 0.0}),
+        Variant("ITA + TCA", "mgca", {"mgca.lambda_cpa": 0.0}),
+        Variant("ITA + CPA", "mgca", {"mgca.lambda_tca": 0.0}),
+        Variant("MGCA (ITA + TCA + CPA)", "mgca"),
+        Variant("MGCA+MGLL", "mgca+mgll"),
+    ),
+    (
+        Claim("ITA + TCA", "ITA", "linear probe 1%", MGCA_SRC),
+        Claim("ITA + CPA", "ITA", "linear probe 1%", MGCA_SRC),
+        Claim("MGCA (ITA + TCA + CPA)", "ITA + TCA", "linear probe 1%", MGCA_SRC),
+        Claim("MGCA (ITA + TCA + CPA)", "ITA + CPA", "linear probe 1%", MGCA_SRC),
+        Claim("MGCA (ITA + TCA + CPA)", "ITA", "segmentation 100%", MGCA_SRC),
+        Claim("ITA + TCA", "ITA", "grounding CNR", "MGCA: token-level alignment localises"),
+    ),
+    "not recovered",
+))
+
+
+# ------------------------------------------------------------------------------------ running
+
+
+def _pct(fraction: float) -> str:
+    from .evaluation.fractions import fraction_name
+
+    return fraction_name(fraction)
+
+
+def metric_columns(budget: Budget) -> list[str]:
+    """The table's columns, in order; the claims name these."""
+    return ([f"linear probe {_pct(f)}" for f in budget.fractions] + ["zero-shot"]
+            + [f"segmentation {_pct(f)}" for f in budget.segment_fractions] + ["grounding CNR"])
+
+
+def _preset(suite: Suite, budget: Budget) -> str:
+    from .models import list_models
+
+    mgca = f"{budget.preset}-mgca"
+    return mgca if suite.name == "mgca" and mgca in list_models() else budget.preset
+
+
+def _config(suite: Suite, variant: Variant, budget: Budget, manifest: Path, granularities: list[str],
+            seed: int, run_dir: Path, device: str):
+    from .training.config import load_config
+
+    overrides = [
+        f"data.manifest={manifest}", "data.synthetic=null", f"model.preset={_preset(suite, budget)}",
+        f"model.overrides={{image: {{image_size: {budget.image_size}}}}}", f"train.output_dir={run_dir}",
+        f"train.epochs={budget.epochs}", f"train.batch_size={budget.batch_size}", f"train.seed={seed}",
+        f"train.device={device}", f"optim.lr={budget.lr}", "train.tensorboard=false", "train.progress=false",
+        *[f"objective.{k}={v}" for k, v in variant.options.items()],
+    ]
+    if budget.stop_after_steps:
+        overrides.append(f"train.stop_after_steps={budget.stop_after_steps}")
+    if variant.granularities is not None:
+        overrides.append(f"data.granularities=[{', '.join(granularities[:variant.granularities])}]")
+    if variant.drop_texts is not None:
+        overrides.append(f"data.drop_texts={{rate: {variant.drop_texts}, seed: {seed}, "
+                         f"granularities: [{', '.join(granularities)}]}}")
+    return load_config(f"tiny-{variant.objective.replace('+', '-')}", overrides)
+
+
+def _run_metrics(record: dict[str, Any], fraction: str | None, key: str) -> float | None:
+    metrics = record["metrics"]
+    if fraction is not None:
+        metrics = metrics["fractions"][fraction]["runs"][0]["metrics"]
+    value = metrics.get("macro", metrics).get(key)
+    return None if value is None else float(value)
+
+
+def evaluate_run(checkpoint: Path, manifest, budget: Budget, seed: int, cache: Path) -> dict[str, Any]:
+    """One pretrained run on every task the data allows: ``{"metrics": {column: value}, "scores": {column:
+    per-image scores}, "skipped": {task: why}}``. The label draw of each fraction is seeded by ``seed``."""
+    from dataclasses import replace
+
+    from .evaluation.registry import EVAL_TASKS, open_context, run_task, task_spec
+
+    ctx = open_context(str(checkpoint), manifest, seeds=(seed,), cache_dir=cache, fractions=budget.fractions)
+    out: dict[str, Any] = {"metrics": {}, "scores": {}, "skipped": {}}
+
+    def run(task: str, column: str, key: str, fraction: float | None = None, **options):
+        if task not in EVAL_TASKS:
+            out["skipped"][column] = f"no task {task!r} in this version"
+            return
+        why = task_spec(task).available and task_spec(task).available(ctx)
+        if why:
+            out["skipped"][column] = why
+            return
+        record = run_task(task, replace(ctx, fractions=(fraction,)) if fraction else ctx, options)
+        out["metrics"][column] = _run_metrics(record, _pct(fraction) if fraction else None, key)
+        if record.get("scores"):
+            out["scores"][column] = record["scores"]
+
+    for f in budget.fractions:
+        run("linear-probe", f"linear probe {_pct(f)}", "auroc", f)
+    run("zero-shot", "zero-shot", "auroc", mode="pairs")
+    for f in budget.segment_fractions:
+        run("segment", f"segmentation {_pct(f)}", "dice", f, epochs=budget.segment_epochs,
+            patience=budget.segment_epochs)
+    run("grounding", "grounding CNR", "cnr")
+    return out
+
+
+def run_ablation(suite_name: str, data: str | Path, out: str | Path, *, seeds: tuple[int, ...] = (0, 1, 2),
+                 budget: str | Budget = "cpu", device: str = "auto", bootstrap: int = 1000,
+                 variants: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Pretrain and evaluate every variant of ``suite_name`` for every seed (runs already finished in
+    ``out`` are reused), then compare; writes ``OUT/ablation.json`` and ``OUT/table.md``, returns the former."""
+    import time
+
+    from .data.manifest import read_manifest
+
+    suite = ABLATIONS.get(suite_name)
+    budget = BUDGETS[budget] if isinstance(budget, str) else budget
+    chosen = [v for v in suite.variants if variants is None or v.name in variants]
+    manifest_path, out = Path(data).resolve(), Path(out)
+    manifest = read_manifest(manifest_path)
+    started, runs = time.time(), {}
+    for variant in chosen:
+        for seed in seeds:
+            runs.setdefault(variant.name, {})[seed] = _pretrain_and_evaluate(
+                suite, variant, budget, manifest, seed, out / _slug(variant.name) / f"seed{seed}", device)
+    result = summarise(suite, budget, runs, seeds, bootstrap)
+    result.update({"data": str(manifest_path), "budget": asdict(budget), "seeds": list(seeds),
+                   "minutes": round((time.time() - started) / 60, 1)})
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ablation.json").write_text(json.dumps(result, indent=2))
+    (out / "table.md").write_text(format_tables(result))
+    return result
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-")
+
+
+def _pretrain_and_evaluate(suite, variant, budget, manifest, seed: int, run_dir: Path, device: str) -> dict:
+    from .training.loop import train
+
+    done = run_dir / "evaluation.json"
+    if done.is_file():
+        log.info("%s seed %d: reusing %s", variant.name, seed, done)
+        return json.loads(done.read_text())
+    cfg = _config(suite, variant, budget, manifest.path, manifest.granularities, seed, run_dir, device)
+    log.info("%s seed %d: pretraining", variant.name, seed)
+    trained = train(cfg)
+    checkpoint = trained.best_checkpoint or trained.last_checkpoint
+    log.info("%s seed %d: evaluating %s", variant.name, seed, checkpoint)
+    result = evaluate_run(checkpoint, manifest, budget, seed, run_dir.parent.parent / "cache")
+    done.write_text(json.dumps(result))
+    return result
+
+
+# ------------------------------------------------------------------------------------ comparing
+
+
+def _macro_auroc_over_seeds(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Mean over seeds of the macro AUROC, for resampled scores (B, n, K, F) and labels (B, n, F)."""
+    from .evaluation.bootstrap import auroc_rows, macro
+
+    per_seed = [macro(auroc_rows)(scores[:, :, k, :], labels) for k in range(scores.shape[2])]
+    return np.mean(per_seed, axis=0)
+
+
+def _stacked(per_seed: list[dict]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Per-image scores of K runs on one test set as (n, K, F), with the labels (n, F) and the ids."""
+    ids = per_seed[0]["ids"]
+    if any(s["ids"] != ids for s in per_seed):
+        raise ValueError("runs were scored on different test images; a paired comparison needs the same test set")
+    scores = np.stack([np.asarray(s["scores"], dtype=np.float64) for s in per_seed], axis=1)
+    return scores, np.asarray(per_seed[0]["labels"]), ids
+
+
+def run_interval(scores: dict | None, resamples: int) -> list[float] | None:
+    """The 95% bootstrap interval over test images of one run's macro AUROC (None without scores)."""
+    from .evaluation.bootstrap import Bootstrap, bootstrap_interval
+
+    if not scores or resamples < 1:
+        return None
+    stacked, labels, _ = _stacked([scores])
+    return bootstrap_interval(_macro_auroc_over_seeds, [stacked, labels], Bootstrap(resamples=resamples))
+
+
+def compare(a: list[dict], b: list[dict], column: str, resamples: int) -> dict[str, Any]:
+    """metric(A) - metric(B) over the seeds both have: paired over test images where every run stored its
+    per-image scores, else a t-interval over the seeds' paired differences."""
+    from scipy import stats
+
+    from .evaluation.bootstrap import Bootstrap, paired_bootstrap
+
+    pairs = [(x, y) for x, y in zip(a, b) if x["metrics"].get(column) is not None and y["metrics"].get(column) is not None]
+    if not pairs:
+        return {"difference": None, "difference_ci": None, "p_value": None, "method": "not measured"}
+    if all(column in x["scores"] and column in y["scores"] for x, y in pairs) and resamples > 0:
+        sa, labels, _ = _stacked([x["scores"][column] for x, _ in pairs])
+        sb, labels_b, _ = _stacked([y["scores"][column] for _, y in pairs])
+        out = paired_bootstrap(_macro_auroc_over_seeds, [sa, labels], [sb, labels_b], Bootstrap(resamples=resamples))
+        return {**out, "method": f"paired bootstrap over test images, {len(pairs)} seed(s)"}
+    diffs = np.array([x["metrics"][column] - y["metrics"][column] for x, y in pairs])
+    if len(diffs) < 2:
+        return {"difference": float(diffs.mean()), "difference_ci": None, "p_value": None,
+                "method": "one seed: no interval"}
+    half = stats.t.ppf(0.975, len(diffs) - 1) * diffs.std(ddof=1) / math.sqrt(len(diffs))
+    p = float(stats.ttest_1samp(diffs, 0.0).pvalue) if diffs.std(ddof=1) > 0 else None
+    return {"difference": float(diffs.mean()), "difference_ci": [float(diffs.mean() - half), float(diffs.mean() + half)],
+            "p_value": p, "method": f"t-interval over {len(diffs)} seeds"}
+
+
+def verdict(claim: Claim, comparison: dict[str, Any]) -> str:
+    ci = comparison["difference_ci"]
+    if ci is None:
+        return "cannot be told apart" if comparison["difference"] is not None else "not measured"
+    low, high = ci
+    if claim.kind == "close":
+        if -CLOSE <= low and high <= CLOSE:
+            return "held"
+        return "did not hold" if (low > CLOSE or high < -CLOSE) else "cannot be told apart"
+    return "held" if low > 0 else ("reversed" if high < 0 else "cannot be told apart")
+
+
+def summarise(suite: Suite, budget: Budget, runs: dict[str, dict[int, dict]], seeds, resamples: int) -> dict:
+    columns = metric_columns(budget)
+    rows = []
+    for variant in (v for v in suite.variants if v.name in runs):
+        per_seed = [runs[variant.name][s] for s in seeds]
+        cells = {}
+        for column in columns:
+            values = [r["metrics"].get(column) for r in per_seed]
+            defined = [v for v in values if v is not None]
+            cells[column] = {
+                "mean": float(np.mean(defined)) if defined else None,
+                "std": float(np.std(defined, ddof=1)) if len(defined) > 1 else (0.0 if defined else None),
+                "values": values,
+                "intervals": [run_interval(r["scores"].get(column), resamples) for r in per_seed],
+            }
+        skipped = {c: why for r in per_seed for c, why in r.get("skipped", {}).items()}
+        rows.append({"variant": variant.name, "paper": variant.paper, "cells": cells, "skipped": skipped})
+    claims = []
+    for claim in suite.claims:
+        if claim.better in runs and claim.worse in runs:
+            comparison = compare([runs[claim.better][s] for s in seeds], [runs[claim.worse][s] for s in seeds],
+                                 claim.metric, resamples)
+            claims.append({**asdict(claim), **comparison, "verdict": verdict(claim, comparison)})
+    return {"suite": suite.name, "paper_metric": suite.paper_metric, "columns": columns, "rows": rows, "claims": claims}
+
+
+def _cell(cell: dict[str, Any]) -> str:
+    if cell["mean"] is None:
+        return "–"
+    return f"{cell['mean']:.3f} ± {cell['std']:.3f}" if len(cell["values"]) > 1 else f"{cell['mean']:.3f}"
+
+
+def _interval(ci) -> str:
+    return "–" if ci is None else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci[0] < 0 else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def format_tables(result: dict[str, Any]) -> str:
+    """The suite's tables as Markdown: mean ± std over seeds, each run's bootstrap interval, the claims."""
+    columns = result["columns"]
+    lines = [f"## {result['suite'].upper()} ablation: {len(result['seeds'])} seed(s), budget {result['budget']}", "",
+             f"| variant | paper ({result['paper_metric']}) | " + " | ".join(columns) + " |",
+             "|---|---|" + "---:|" * len(columns)]
+    for row in result["rows"]:
+        lines.append(f"| {row['variant']} | {row['paper'] or '–'} | "
+                     + " | ".join(_cell(row["cells"][c]) for c in columns) + " |")
+    lines += ["", "Each run's 95% bootstrap interval over test images (macro AUROC; columns with per-image scores):", "",
+              "| variant | seed | " + " | ".join(c for c in columns if c.startswith(("linear", "zero"))) + " |",
+              "|---|---:|" + "---|" * sum(c.startswith(("linear", "zero")) for c in columns)]
+    for row in result["rows"]:
+        for k, seed in enumerate(result["seeds"]):
+            lines.append(f"| {row['variant']} | {seed} | " + " | ".join(
+                _interval(row["cells"][c]["intervals"][k]) for c in columns if c.startswith(("linear", "zero"))) + " |")
+    lines += ["", "| claim | metric | source | difference (95% CI) | p | how | verdict |", "|---|---|---|---|---:|---|---|"]
+    for c in result["claims"]:
+        relation = "≈" if c["kind"] == "close" else ">"
+        diff = "–" if c["difference"] is None else f"{c['difference']:+.3f} {_interval(c['difference_ci'])}"
+        p = "–" if c["p_value"] is None else f"{c['p_value']:.3f}"
+        lines.append(f"| {c['better']} {relation} {c['worse']} | {c['metric']} | {c['source']} | {diff} | {p} | "
+                     f"{c['method']} | **{c['verdict']}** |")
+    skipped = {c: why for row in result["rows"] for c, why in row["skipped"].items()}
+    if skipped:
+        lines += ["", "Not measured: " + "; ".join(f"{c} ({why})" for c, why in skipped.items())]
+    return "\n".join(lines) + "\n"
