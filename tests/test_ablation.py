@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from medgrain.ablation import ABLATIONS, Claim, compare, format_tables, metric_columns, run_ablation, verdict
+from medgrain.ablation import ABLATIONS, Claim, compare, metric_columns, run_ablation, verdict
 
 
 @pytest.fixture(scope="module")
