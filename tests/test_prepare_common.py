@@ -53,7 +53,7 @@ def test_registry_and_option_checking(tmp_path):
         prepare("chexpert", tmp_path, tmp_path / "m.jsonl", flatten=True)
     with pytest.raises(FileNotFoundError, match="root folder not found"):
         prepare("chexpert", tmp_path / "nope", tmp_path / "m.jsonl")
-    with pytest.raises(FileNotFoundError, match=r"CheXpert train.csv: nothing matches"):
+    with pytest.raises(FileNotFoundError, match=r"chexpert: train.csv is neither in .* nor in a folder below it"):
         prepare("chexpert", tmp_path, tmp_path / "m.jsonl")
 
 
@@ -156,3 +156,29 @@ def test_non_utf8_bytes_name_line_and_column(tmp_path):
     with pytest.raises(PrepareError, match=r"a\.csv:302: not UTF-8 text: byte 0xFF at character 2 of the line"):
         with open_text(tmp_path / "a.csv") as f:
             list(f)
+
+
+@pytest.mark.parametrize("dataset, make, inner", [
+    ("chexpert", "make_chexpert", None),  # make_chexpert writes BASE/CheXpert-v1.0-small itself
+    ("chestxray14", "make_chestxray14", "nih"),
+    ("covidx", "make_covidx", "covidx"),
+    ("mimic-cxr", "make_mimic_cxr", "physionet.org/files/mimic-cxr-jpg/2.0.0"),
+    ("rsna-pneumonia", "make_rsna", "rsna"),
+    ("siim-pneumothorax", "make_siim", "siim"),
+    ("mgll-fundus", "make_mgll_fundus", "mgll"),
+])
+def test_the_release_folder_or_the_folder_above_it(tmp_path, dataset, make, inner):
+    """Both the folder an archive unpacks to and the one above it (CheXpert's CSV paths are relative
+    to it) give the same manifest; a folder that holds neither names the folder to pass."""
+    import fixtures_prepare
+
+    base = tmp_path / "data"
+    release = getattr(fixtures_prepare, make)(base if inner is None else base / inner)
+    options = {"valid_fraction": 0.25} if dataset in ("chexpert", "chestxray14", "covidx") else {}
+    inside = prepare(dataset, release, tmp_path / "a" / "m.jsonl", **options)
+    above = prepare(dataset, base, tmp_path / "b" / "m.jsonl", **options)
+    assert [r.model_dump() for r in read_manifest(inside.manifest).records] == \
+           [r.model_dump() for r in read_manifest(above.manifest).records]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"neither in .*empty nor in a folder below it; pass as --root the folder"):
+        prepare(dataset, tmp_path / "empty", tmp_path / "c" / "m.jsonl", **options)

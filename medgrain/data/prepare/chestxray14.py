@@ -25,12 +25,12 @@ from .common import (
     PrepareError,
     PrepareResult,
     Row,
+    dataset_root,
     find_file,
     label_texts,
     open_text,
     progress,
     read_csv,
-    require_dir,
     split_by_patient,
 )
 
@@ -87,7 +87,7 @@ def _box(row: Row, labels: list[str]) -> dict:
 def prepare_chestxray14(root: str | Path, out: str | Path, *, valid_fraction: float = 0.1, seed: int = 0,
                         on_error: str = "raise", exclude: Sequence[str | Path] = (),
                         leak_threshold: int | None = None) -> PrepareResult:
-    root = require_dir(root, "chestxray14")
+    root = dataset_root(root, "chestxray14", ["Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv"])
     prep = Preparation("chestxray14", out, on_error)
     entries = find_file(root, ["Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv"], "ChestX-ray14 Data_Entry CSV")
     train_val = _read_list(find_file(root, ["train_val_list.txt"], "ChestX-ray14 train_val_list.txt"))

@@ -22,11 +22,11 @@ from .common import (
     PrepareError,
     PrepareResult,
     Row,
+    dataset_root,
     find_file,
     label_texts,
     progress,
     read_csv,
-    require_dir,
     split_by_patient,
 )
 
@@ -82,7 +82,7 @@ def prepare_chexpert(root: str | Path, out: str | Path, *, uncertain: str = "mgc
                      seed: int = 0, on_error: str = "raise", exclude: Sequence[str | Path] = (),
                      leak_threshold: int | None = None) -> PrepareResult:
     """CheXpert -> manifest. ``uncertain``: "mgca" (default), "positive" or "negative"."""
-    root = require_dir(root, "chexpert")
+    root = dataset_root(root, "chexpert", ["train.csv", "valid.csv"])
     policy = uncertain_policy(uncertain)
     prep = Preparation("chexpert", out, on_error)
     records: list[Record] = []

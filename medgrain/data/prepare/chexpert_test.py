@@ -24,6 +24,7 @@ from .common import (
     Preparation,
     PrepareError,
     PrepareResult,
+    dataset_root,
     find_file,
     label_texts,
     progress,
@@ -38,7 +39,8 @@ def prepare_chexpert_test(root: str | Path, out: str | Path, *, labels_csv: str 
                           seed: int = 0, on_error: str = "raise", exclude: Sequence[str | Path] = (),
                           leak_threshold: int | None = None) -> PrepareResult:
     """CheXpert's 500-study test set -> manifest whose records are all ``test``."""
-    root = require_dir(root, "chexpert-test")
+    root = (require_dir(root, "chexpert-test") if labels_csv else
+            dataset_root(root, "chexpert-test", ["test_labels.csv", "groundtruth.csv"]))
     path = Path(labels_csv) if labels_csv else find_file(root, ["test_labels.csv", "groundtruth.csv"],
                                                           "CheXpert test labels")
     prep = Preparation("chexpert-test", out, on_error)

@@ -12,6 +12,7 @@ import csv
 import gzip
 import hashlib
 import io
+import logging
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -22,6 +23,8 @@ from typing import Any
 
 from ...errors import user_error
 from ..manifest import SPLITS, ManifestError, OnError, Record, not_utf8_message, parse_record, write_manifest
+
+log = logging.getLogger(__name__)
 
 NORMAL, ABNORMAL = "Normal", "Abnormal"
 NO_FINDING = "No Finding"
@@ -152,6 +155,42 @@ def require_dir(root: str | Path | None, dataset: str) -> Path:
     if not root.is_dir():
         raise FileNotFoundError(f"{dataset}: root folder not found: {root}")
     return root
+
+
+def dataset_root(root: str | Path | None, dataset: str, markers: Sequence[str], depth: int = 2) -> Path:
+    """The folder that holds a dataset, given ``root`` as the user passed it: ``root`` itself when one of
+    ``markers`` (glob patterns of the files the release puts at its top) is in it, else the one folder
+    up to ``depth`` levels below that holds one. So both the folder an archive unpacks to and the
+    folder above it work (CheXpert's CSV paths start with ``CheXpert-v1.0-small/``, so they are
+    relative to the folder above). Anything else is an error that says which folder to pass."""
+    root = require_dir(root, dataset)
+    if _holds(root, markers):
+        return root
+    level = [root]
+    for _ in range(depth):
+        level = sorted(d for folder in level for d in _subfolders(folder))
+        if len(level) > 256:  # a folder of images or patients, not one that holds a release
+            break
+        found = [d for d in level if _holds(d, markers)]
+        if len(found) == 1:
+            log.info("%s: reading the release in %s", dataset, found[0])
+            return found[0]
+        if found:
+            raise FileNotFoundError(f"{dataset}: several folders under {root} hold {markers[0]}: "
+                                    f"{[str(f) for f in found[:5]]}; pass the one to read as --root")
+    raise FileNotFoundError(f"{dataset}: {markers[0]} is neither in {root} nor in a folder below it; pass as --root "
+                            f"the folder that holds {markers[0]} (the one the archive unpacks to) or the folder above it")
+
+
+def _holds(folder: Path, markers: Sequence[str]) -> bool:
+    return any(p.is_file() for pattern in markers for p in folder.glob(pattern))
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    try:
+        return [d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    except OSError:  # unreadable: not where the release is
+        return []
 
 
 def check_on_error(on_error: str) -> OnError:

@@ -22,6 +22,7 @@ from .common import (
     Preparation,
     PrepareError,
     PrepareResult,
+    dataset_root,
     find_file,
     open_text,
     require_dir,
@@ -45,7 +46,8 @@ def prepare_covidx(root: str | Path, out: str | Path, *, train_file: str | Path 
                    test_file: str | Path | None = None, valid_fraction: float = 0.2, seed: int = 0,
                    on_error: str = "raise", exclude: Sequence[str | Path] = (),
                    leak_threshold: int | None = None) -> PrepareResult:
-    root = require_dir(root, "covidx")
+    root = (require_dir(root, "covidx") if train_file or test_file else
+            dataset_root(root, "covidx", ["train_COVIDx*.txt", "train.txt"]))
     prep = Preparation("covidx", out, on_error)
     records: list[Record] = []
     for split, given in (("train", train_file), ("test", test_file)):

@@ -33,6 +33,7 @@ from .common import (
     Preparation,
     PrepareError,
     PrepareResult,
+    dataset_root,
     find_file,
     require_dir,
     split_by_patient,
@@ -111,7 +112,7 @@ def _unique(values) -> list[str]:
 def prepare_mgll_fundus(root: str | Path, out: str | Path, *, manifest: str | Path | None = None,
                         flatten: bool = False, valid_fraction: float = 0.1, seed: int = 0, on_error: str = "raise",
                         exclude: Sequence[str | Path] = (), leak_threshold: int | None = None) -> PrepareResult:
-    root = require_dir(root, "mgll-fundus")
+    root = require_dir(root, "mgll-fundus") if manifest else dataset_root(root, "mgll-fundus", ["*.jsonl", "*.json"])
     prep = Preparation("mgll-fundus", out, on_error)
     if manifest is None:
         source = find_file(root, ["*.jsonl", "*.json"], "MGLL-Fundus manifest")

@@ -23,6 +23,7 @@ from .common import (
     PrepareError,
     PrepareResult,
     Row,
+    dataset_root,
     find_file,
     label_texts,
     progress,
@@ -100,7 +101,7 @@ def prepare_mimic_cxr(root: str | Path, out: str | Path, *, reports: str | Path 
 
     ``seed`` is accepted for a uniform signature; the official split leaves nothing to draw.
     """
-    root = require_dir(root, "mimic-cxr")
+    root = dataset_root(root, "mimic-cxr", ["mimic-cxr-*-metadata.csv.gz", "mimic-cxr-*-metadata.csv"], depth=4)
     reports_root = require_dir(reports, "mimic-cxr reports") if reports is not None else root
     policy = uncertain_policy(uncertain)
     prep = Preparation("mimic-cxr", out, on_error)

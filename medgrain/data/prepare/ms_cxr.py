@@ -27,10 +27,10 @@ from .common import (
     PrepareError,
     PrepareResult,
     Row,
+    dataset_root,
     find_file,
     read_csv,
     read_dicom_header,
-    require_dir,
 )
 
 CSV_COLUMNS = ("dicom_id", "category_name", "label_text", "x", "y", "w", "h", "image_width", "image_height")
@@ -78,7 +78,7 @@ def prepare_ms_cxr(root: str | Path, out: str | Path, *, manifest: str | Path | 
                    on_error: str = "raise", exclude: Sequence[str | Path] = (),
                    leak_threshold: int | None = None) -> PrepareResult:
     """MS-CXR boxes and phrases over the MIMIC-CXR manifest ``manifest`` (from ``prepare mimic-cxr``)."""
-    root = require_dir(root, "ms-cxr")
+    root = dataset_root(root, "ms-cxr", ["MS_CXR_Local_Alignment_v*.csv", "MS_CXR_Local_Alignment_v*.json"])
     if manifest is None:
         raise ValueError("ms-cxr: --manifest MIMIC.jsonl is required (a manifest from `medgrain prepare mimic-cxr`); "
                          "MS-CXR publishes boxes, its images are MIMIC-CXR's")

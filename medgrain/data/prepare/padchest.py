@@ -34,6 +34,7 @@ from .common import (
     PrepareError,
     PrepareResult,
     Row,
+    dataset_root,
     find_file,
     progress,
     read_csv,
@@ -86,7 +87,8 @@ def prepare_padchest(root: str | Path, out: str | Path, *, labels_csv: str | Pat
                      seed: int = 0, on_error: str = "raise", exclude: Sequence[str | Path] = (),
                      leak_threshold: int | None = None) -> PrepareResult:
     """PadChest -> manifest; ``physician_only`` keeps the physician-labelled subset."""
-    root = require_dir(root, "padchest")
+    root = (require_dir(root, "padchest") if labels_csv else
+            dataset_root(root, "padchest", ["PADCHEST_*.csv", "PADCHEST_*.csv.gz"]))
     path = Path(labels_csv) if labels_csv else find_file(root, ["PADCHEST_*.csv", "PADCHEST_*.csv.gz"],
                                                           "PadChest labels CSV")
     prep = Preparation("padchest", out, on_error)

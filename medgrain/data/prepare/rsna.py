@@ -20,11 +20,11 @@ from .common import (
     PrepareError,
     PrepareResult,
     Row,
+    dataset_root,
     find_file,
     progress,
     read_csv,
     read_dicom_header,
-    require_dir,
     split_by_patient,
 )
 
@@ -54,7 +54,7 @@ def _box(row: Row) -> tuple[float, float, float, float] | None:
 def prepare_rsna(root: str | Path, out: str | Path, *, valid_fraction: float = 0.15, test_fraction: float = 0.15,
                  seed: int = 0, on_error: str = "raise", exclude: Sequence[str | Path] = (),
                  leak_threshold: int | None = None) -> PrepareResult:
-    root = require_dir(root, "rsna-pneumonia")
+    root = dataset_root(root, "rsna-pneumonia", ["stage_2_train_labels.csv"])
     prep = Preparation("rsna-pneumonia", out, on_error)
     labels_csv = find_file(root, ["stage_2_train_labels.csv"], "RSNA labels CSV")
     by_patient: dict[str, list[Row]] = {}

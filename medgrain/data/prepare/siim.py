@@ -26,11 +26,11 @@ from .common import (
     PrepareError,
     PrepareResult,
     Row,
+    dataset_root,
     find_file,
     progress,
     read_csv,
     read_dicom_header,
-    require_dir,
     split_by_patient,
 )
 
@@ -69,7 +69,7 @@ def _write_mask(mask: np.ndarray, path: Path) -> None:
 def prepare_siim(root: str | Path, out: str | Path, *, valid_fraction: float = 0.15, test_fraction: float = 0.15,
                  seed: int = 0, on_error: str = "raise", exclude: Sequence[str | Path] = (),
                  leak_threshold: int | None = None) -> PrepareResult:
-    root = require_dir(root, "siim-pneumothorax")
+    root = dataset_root(root, "siim-pneumothorax", ["train-rle.csv", "*/train-rle.csv"])
     prep = Preparation("siim-pneumothorax", out, on_error)
     rle_csv = find_file(root, ["train-rle.csv", "*/train-rle.csv"], "SIIM train-rle.csv")
     rows_of: dict[str, list[Row]] = {}

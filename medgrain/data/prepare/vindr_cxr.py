@@ -37,6 +37,7 @@ from .common import (
     PrepareError,
     PrepareResult,
     Row,
+    dataset_root,
     find_file,
     label_texts,
     progress,
@@ -164,7 +165,8 @@ def prepare_vindr_cxr(root: str | Path, out: str | Path, *, min_readers: int = 1
     readers must mark a finding for it to be a label (1: any, 2: majority of three). ``labels_csv``: the
     competition's ``train.csv`` when it is not under ``root`` (e.g. torchxrayvision's copy).
     ``test_fraction`` applies to the competition layout only (the PhysioNet release has its test set)."""
-    root = require_dir(root, "vindr-cxr")
+    root = (require_dir(root, "vindr-cxr") if labels_csv else
+            dataset_root(root, "vindr-cxr", ["train.csv", "annotations/annotations_train.csv"]))
     if min_readers < 1:
         raise ValueError(f"vindr-cxr: min_readers must be at least 1, got {min_readers}")
     prep = Preparation("vindr-cxr", out, on_error)
