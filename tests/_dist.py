@@ -51,7 +51,7 @@ def _worker(rank: int, fn, world_size: int, port: int, out_dir: str, args: tuple
         result = fn(*args)
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
         del result
-        gc.collect()  # as medgrain.training.distributed.cleanup: nothing keeps the group alive past teardown
+        gc.collect()  # as medgrain.distributed.cleanup: nothing keeps the group alive past teardown
         # Tear down only once every rank is done: a rank that destroys its group while the other still
         # has gloo traffic in flight aborts the process ("terminate called without an active exception").
         dist.barrier()

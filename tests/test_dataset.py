@@ -3,9 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 from PIL import Image
-from torch.utils.data import DistributedSampler
 
 from medgrain.data import (
     Collator,
@@ -275,20 +273,6 @@ def test_dataloader_is_seeded_and_works_with_a_worker(tmp_path, tokenizer):
     assert order(seed=3) == order(seed=3) and sorted(order(seed=3)) == ["a", "b", "c", "d"]
     batches = list(build_dataloader(ds, collate, batch_size=3, num_workers=1, drop_last=True))
     assert len(batches) == 1 and batches[0]["images"].shape == (3, 3, 8, 8)
-
-
-def test_dataloader_uses_a_distributed_sampler_when_initialised(tmp_path, tokenizer):
-    ds = ImageTextDataset(make_manifest(tmp_path), None, with_report=False)
-    collate = Collator(tokenizer, GRANULARITIES)
-    with pytest.raises(RuntimeError, match="not initialised"):
-        build_dataloader(ds, collate, batch_size=2, distributed=True)
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
-    try:
-        loader = build_dataloader(ds, collate, batch_size=2, shuffle=True, seed=1, drop_last=True)
-        assert isinstance(loader.sampler, DistributedSampler) and loader.sampler.seed == 1 and loader.sampler.shuffle
-        assert build_dataloader(ds, collate, batch_size=2, distributed=False).sampler.__class__ is not DistributedSampler
-    finally:
-        dist.destroy_process_group()
 
 
 def test_granularities_are_the_whole_manifests_not_the_first_records(tmp_path):

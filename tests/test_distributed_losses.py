@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from _dist import run_distributed
 from torch import nn
 
+from medgrain.distributed import gather_with_grad
 from medgrain.losses import ClipLoss, MGLLLoss
-from medgrain.losses.distributed import gather_with_grad
 
 pytestmark = pytest.mark.distributed
 
@@ -64,7 +64,7 @@ def _batch():
     return images, texts, ids, multi_hot
 
 
-def _loss_and_grads(case, rows: slice):
+def _loss_and_grads(case, rows: slice, gather_distributed: bool | None = None):
     name, kwargs, granularities, label_kind = case
     model = _model()
     images, texts, ids, multi_hot = _batch()
@@ -73,11 +73,11 @@ def _loss_and_grads(case, rows: slice):
     scale = model.logit_scale.exp()
     present = [p[rows] for p in _present()[:granularities]] if name.endswith("+present") else None
     if name.startswith("clip"):
-        out = ClipLoss()(image_features, text_features[0], scale, present=None if present is None else present[0])
+        out = ClipLoss(gather_distributed=gather_distributed)(image_features, text_features[0], scale, present=None if present is None else present[0])
     else:
         labels = {"ids": ids, "bool": multi_hot, "float": multi_hot.float()}[label_kind]
         labels = [labels[g, rows] for g in range(granularities)]
-        out = MGLLLoss(**kwargs)(image_features, text_features, labels, scale, present=present)
+        out = MGLLLoss(**kwargs, gather_distributed=gather_distributed)(image_features, text_features, labels, scale, present=present)
     out["loss"].backward()
     values = {k: v.detach() for k, v in out.items()}
     grads = {k: p.grad.detach().clone() for k, p in model.named_parameters()}
@@ -107,6 +107,9 @@ def _on_each_rank(cases):
             dist.all_reduce(t)
             t /= world
         results.append((values, grads))
+    # gather_distributed=False: each rank's loss is one process's loss over that rank's samples alone.
+    results.append([_loss_and_grads(case, slice(rank * n, (rank + 1) * n), gather_distributed=False)
+                    for case in cases])
     return results
 
 
@@ -124,3 +127,14 @@ def test_two_processes_match_one_process():
             for k, g in grads.items():
                 assert g.abs().sum() > 0, f"{case[0]}: no gradient for {k}"
                 torch.testing.assert_close(dist_grads[k], g, atol=1e-5, rtol=1e-5, msg=f"{case[0]} grad {k}")
+    n = N // WORLD
+    for c, case in enumerate(CASES):
+        for rank in range(WORLD):
+            alone_values, alone_grads = _loss_and_grads(case, slice(rank * n, (rank + 1) * n))
+            local_values, local_grads = per_rank[rank][-1][c]
+            for k, v in alone_values.items():
+                torch.testing.assert_close(local_values[k], v, atol=1e-6, rtol=1e-6, msg=f"{case[0]} local {k}")
+            for k, g in alone_grads.items():
+                torch.testing.assert_close(local_grads[k], g, atol=1e-6, rtol=1e-6, msg=f"{case[0]} local grad {k}")
+        # and per rank is not the global batch's loss (the flag mattered)
+        assert not torch.allclose(per_rank[0][-1][c][0]["loss"], _loss_and_grads(case, slice(None))[0]["loss"])

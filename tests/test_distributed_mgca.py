@@ -23,13 +23,14 @@ CASES = ["ita", "cpa", "mgca", "mgca+present"]
 PRESENT = torch.tensor([1, 0, 0, 1, 1, 1, 0, 1], dtype=torch.bool)
 
 
-def _model() -> nn.ModuleDict:
+def _model(gather_distributed: bool | None = None) -> nn.ModuleDict:
     torch.manual_seed(0)  # same initialisation on every rank, as DDP guarantees
     return nn.ModuleDict(
         {
             "image": nn.Linear(DIM_IMAGE, DIM),
             "text": nn.Linear(DIM_TEXT, DIM),
-            "mgca": MGCALoss(num_prototypes=K, embed_dim=DIM, learnable_cross_attention=True),
+            "mgca": MGCALoss(num_prototypes=K, embed_dim=DIM, learnable_cross_attention=True,
+                             gather_distributed=gather_distributed),
         }
     )
 
@@ -49,8 +50,8 @@ def _batch():
     return images, texts, patches, words, word_mask, patch_weights, word_weights, scores
 
 
-def _run(case: str, rows: slice):
-    model = _model()
+def _run(case: str, rows: slice, gather_distributed: bool | None = None):
+    model = _model(gather_distributed)
     images, texts, patches, words, word_mask, patch_weights, word_weights, _ = (t[rows] for t in _batch())
     image = F.normalize(model["image"](images), dim=-1)
     text = F.normalize(model["text"](texts), dim=-1)
@@ -91,6 +92,8 @@ def _on_each_rank():
         parts = [torch.empty_like(codes) for _ in range(world)]
         dist.all_gather(parts, codes)
         results[key] = torch.cat(parts)
+    # gather_distributed=False: ITA's negatives and Sinkhorn's batch are this rank's (the released code's way).
+    results["local"] = {case: _run(case, rows, gather_distributed=False) for case in ("mgca", "mgca+present")}
     return results
 
 
@@ -121,3 +124,12 @@ def test_two_ranks_equal_one_process_with_the_whole_batch():
     # and the per-rank codes differ from a rank-local Sinkhorn: the global batch mattered
     local = torch.cat([sinkhorn_knopp(s, 0.05, 3) for s in _batch()[-1].chunk(WORLD)])
     assert not torch.allclose(local, codes, atol=1e-3)
+    for rank, result in enumerate(ranks):
+        rows = slice(rank * N // WORLD, (rank + 1) * N // WORLD)
+        for case, (local_values, local_grads) in result["local"].items():
+            alone_values, alone_grads = _run(case, rows)
+            for k in alone_values:
+                torch.testing.assert_close(local_values[k], alone_values[k], rtol=1e-6, atol=1e-7, msg=f"{case} local {k}")
+            for k in alone_grads:
+                torch.testing.assert_close(local_grads[k], alone_grads[k], rtol=1e-6, atol=1e-7,
+                                           msg=f"{case} local grad {k}")

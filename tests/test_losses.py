@@ -401,3 +401,15 @@ def test_cuda_matches_cpu_and_autocast_gives_float32():
             torch.testing.assert_close(auto[k].cpu(), v, atol=1e-5, rtol=1e-5)
     clip = ClipLoss()(image.cuda(), texts[0].cuda(), 14.0)["loss"]
     torch.testing.assert_close(clip.cpu(), ClipLoss()(image, texts[0], 14.0)["loss"], atol=1e-5, rtol=1e-5)
+
+
+def test_one_precision_rule_for_every_loss():
+    from medgrain.losses.precision import compute_dtype, full_precision
+
+    half, double = torch.ones(2, dtype=torch.bfloat16), torch.ones(2, dtype=torch.float64)
+    assert compute_dtype(half) == torch.float32 and compute_dtype(half, double) == torch.float64
+    a = torch.randn(3, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert (a @ a).dtype == torch.bfloat16
+        with full_precision(a.device):
+            assert (a @ a).dtype == torch.float32

@@ -117,7 +117,7 @@ def test_word_weight_off_by_one_reaches_the_text_tower(name):
 def _equalise_on_each_rank():
     import torch.distributed as dist
 
-    from medgrain.training.distributed import DistEnv
+    from medgrain.distributed import DistEnv
     from medgrain.training.loop import equalise_batches
 
     rank = dist.get_rank()
@@ -140,7 +140,7 @@ def test_ranks_cut_to_the_smallest_batch_and_count_it():
 def _average_gradients_on_each_rank():
     import torch.distributed as dist
 
-    from medgrain.training.distributed import average_gradients
+    from medgrain.distributed import average_gradients
 
     rank = dist.get_rank()
     a, b, c = (torch.zeros(3, requires_grad=True) for _ in range(3))
@@ -177,7 +177,7 @@ def test_take_rows_keeps_every_per_sample_entry():
 def _check_in_sync_on_each_rank(differ: bool):
     import torch.distributed as dist
 
-    from medgrain.training.distributed import check_in_sync
+    from medgrain.distributed import check_in_sync
 
     w = [torch.ones(3), torch.arange(4.0)]
     if differ and dist.get_rank() == 1:
@@ -195,3 +195,15 @@ def test_check_in_sync_names_the_rank_and_tensor_that_differ():
     assert run_distributed(_check_in_sync_on_each_rank, 2, False) == ["in sync", "in sync"]
     errors = run_distributed(_check_in_sync_on_each_rank, 2, True)
     assert all("rank(s) [1] differ from rank 0's (first at tensor 1)" in e for e in errors)
+
+
+def test_train_state_round_trips_and_reads_older_checkpoints():
+    import math
+
+    from medgrain.training.loop import TrainState
+
+    state = TrainState(epoch=2, batch_in_epoch=3, step=7, best_valid=0.5, skipped_records=4)
+    assert TrainState.from_dict(state.to_dict()) == state
+    # A checkpoint written before a counter existed resumes with that counter at 0; RNG entries are not state.
+    old = TrainState.from_dict({"epoch": 1, "step": 4, "best_valid": math.inf, "rng_state_per_rank": []})
+    assert old == TrainState(epoch=1, step=4) and old.empty_batches == 0

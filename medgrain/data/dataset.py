@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 
 from .imageio import ImageReadError
@@ -305,24 +304,17 @@ def build_dataloader(
     shuffle: bool = False,
     num_workers: int = 0,
     seed: int = 0,
-    distributed: bool | None = None,
     drop_last: bool = False,
 ) -> DataLoader:
-    """A DataLoader with a seeded shuffle. ``distributed=None`` uses a DistributedSampler exactly when
-    torch.distributed is initialised; every rank then sees the same number of batches (pass
-    ``drop_last=True`` for training so the last one is full too). With a DistributedSampler the
-    trainer calls ``loader.sampler.set_epoch(epoch)`` so that each epoch shuffles differently."""
-    initialised = dist.is_available() and dist.is_initialized()
-    if distributed is None:
-        distributed = initialised
-    elif distributed and not initialised:
-        raise RuntimeError("distributed=True but torch.distributed is not initialised; call init_process_group first")
-    sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last) if distributed else None
+    """A single-process DataLoader with a seeded shuffle (evaluation, benchmarks, notebooks).
+
+    It does not shard across ranks: the trainer shards with ``medgrain.training.sampling.
+    ShardedBatchSampler``, whose global batch does not depend on the number of processes and which
+    resumes mid-epoch exactly; a DistributedSampler here would be a second, different way."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle and sampler is None,
-        sampler=sampler,
+        shuffle=shuffle,
         num_workers=num_workers,
         collate_fn=collator,
         drop_last=drop_last,

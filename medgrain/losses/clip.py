@@ -3,45 +3,33 @@
 Features are L2-normalised by the caller and ``logit_scale`` is the multiplier itself (already
 exponentiated), as open_clip passes them. Under torch.distributed every loss computes rows for this
 rank's samples against columns from the global batch (open_clip's ``local_loss=True,
-gather_with_grad=True``); ``medgrain.losses.distributed`` explains why the parameter gradients then
-match one process with the whole batch once DDP has averaged them.
+gather_with_grad=True``); ``medgrain.distributed`` explains why the parameter gradients then
+match one process with the whole batch once DDP has averaged them. Each loss takes lightly's
+``gather_distributed`` flag: None (the default) gathers exactly when a process group with more than
+one rank exists, False keeps every rank's loss to its own samples.
 
-Losses are computed in float32 (float64 stays float64) with autocast switched off, so a bf16 or fp16
+Losses are computed in float32 (float64 stays float64) with autocast switched off (``medgrain.losses.precision``), so a bf16 or fp16
 autocast caller gets an fp32 loss. A non-finite value is returned as it is, never dropped: the
 trainer's guard is the one place that counts and handles it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import numbers
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medgrain.losses.distributed import (
+from medgrain.distributed import (
     gather_no_grad,
     gather_with_grad,
     is_distributed,
     local_rows,
+    respects_gather_flag,
     world_size,
 )
-
-
-def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    """float32 for half-precision inputs, float64 when any input is float64 (gradcheck, references)."""
-    dtype = torch.float32
-    for t in tensors:
-        dtype = torch.promote_types(dtype, t.dtype)
-    return dtype
-
-
-def no_autocast(device: torch.device):
-    """A context in which matmuls run in the dtype of their inputs, whatever the caller's autocast."""
-    if device.type in ("cpu", "cuda"):
-        return torch.autocast(device_type=device.type, enabled=False)
-    return contextlib.nullcontext()
+from medgrain.losses.precision import compute_dtype, full_precision
 
 
 def _describe(x) -> str:
@@ -140,16 +128,21 @@ class ClipLoss(nn.Module):
 
     ``present`` (bool (N,), None for all) restricts the loss to the samples that have the text: rows
     and columns of absent samples leave every softmax and the mean. With no present sample the loss
-    is 0 (with a graph), never NaN.
+    is 0 (with a graph), never NaN. ``gather_distributed``: see the module's docstring.
     """
 
+    def __init__(self, gather_distributed: bool | None = None):
+        super().__init__()
+        self.gather_distributed = gather_distributed
+
+    @respects_gather_flag
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale, present=None) -> dict:
         check_features(image_features, text_features)
         if present is not None:
             return self._forward_present(image_features, text_features, logit_scale, present)
         dtype = compute_dtype(image_features, text_features)
         device = image_features.device
-        with no_autocast(device):
+        with full_precision(device):
             scale = as_logit_scale(logit_scale, dtype, device)
             logits_per_image, logits_per_text = pairwise_logits(
                 image_features.to(dtype), text_features.to(dtype), scale
@@ -163,7 +156,7 @@ class ClipLoss(nn.Module):
         present = check_present(present, image_features.shape[0]).to(image_features.device)
         dtype = compute_dtype(image_features, text_features)
         device = image_features.device
-        with no_autocast(device):
+        with full_precision(device):
             scale = as_logit_scale(logit_scale, dtype, device)
             logits_per_image, logits_per_text = pairwise_logits(
                 image_features.to(dtype), text_features.to(dtype), scale

@@ -20,27 +20,30 @@ A report may be absent (``present``, bool (N,)): every level then runs over the 
 (globally under torchrun) and gives exactly what it gives on that sub-batch, by masking, not gathering.
 
 Everything is computed in float32 (float64 inputs stay float64) with autocast off, so bf16
-callers get fp32 losses and Sinkhorn's exp(score / 0.05) never meets a half-precision range.
+callers get fp32 losses and Sinkhorn's exp(score / 0.05) never meets a half-precision range
+(``medgrain.losses.precision``). ``MGCALoss(gather_distributed=False)`` makes ITA's negatives and
+Sinkhorn's batch per rank, as in the released code; the default (None) makes them global under torchrun.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medgrain.losses.clip import check_present, gather_present, mask_columns, present_mean
-from medgrain.losses.distributed import (
+from medgrain.distributed import (
     all_reduce_sum,
     gather_no_grad,
     gather_with_grad,
     is_distributed,
     local_rows,
+    respects_gather_flag,
     world_size,
 )
+from medgrain.losses.clip import check_present, gather_present, mask_columns, present_mean
+from medgrain.losses.precision import compute_dtype, in_full_precision
 
 __all__ = [
     "MGCALoss",
@@ -62,27 +65,6 @@ def __getattr__(name: str):
 
         return merge_wordpieces
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    """float32, or float64 when an input is float64 (the tests' references run in float64)."""
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
-
-
-def _full_precision(fn):
-    """Run ``fn`` with autocast off: under bf16 autocast a matmul would drop back to bf16 even on
-    float32 inputs, and exp(score / temperature) needs the float32 range."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        tensors = (a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor))
-        device = next((t.device.type for t in tensors), "cpu")
-        if device not in ("cpu", "cuda", "xpu", "mps"):
-            return fn(*args, **kwargs)
-        with torch.autocast(device_type=device, enabled=False):
-            return fn(*args, **kwargs)
-
-    return wrapper
 
 
 # ----------------------------------------------------------------------------- token weights
@@ -122,7 +104,7 @@ def token_weights_from_attention(
     if empty.any():
         rows = empty.nonzero().flatten().tolist()
         raise ValueError(f"rows {rows} of the token mask have no valid token; every sample needs one")
-    values = attention.detach().to(_compute_dtype(attention))
+    values = attention.detach().to(compute_dtype(attention))
     if (values[mask] < 0).any():
         raise ValueError("attention must be non-negative (softmax probabilities)")
 
@@ -140,7 +122,7 @@ def token_weights_from_attention(
 # ----------------------------------------------------------------------------- instance level
 
 
-@_full_precision
+@in_full_precision
 def instance_alignment_loss(
     image: torch.Tensor, text: torch.Tensor, temperature: float = 0.07, present: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -158,7 +140,7 @@ def instance_alignment_loss(
         raise ValueError(
             f"image and text must both be (N, d), got {tuple(image.shape)} and {tuple(text.shape)}"
         )
-    dtype = _compute_dtype(image, text)
+    dtype = compute_dtype(image, text)
     image, text = image.to(dtype), text.to(dtype)
     all_image, all_text = gather_with_grad(image), gather_with_grad(text)
     targets = local_rows(image.shape[0], device=image.device)
@@ -231,7 +213,7 @@ def _attend_learned(
     return F.normalize(context, dim=-1)
 
 
-@_full_precision
+@in_full_precision
 def token_alignment_loss(
     patches: torch.Tensor,
     words: torch.Tensor,
@@ -297,7 +279,7 @@ def token_alignment_loss(
     if empty.any():
         raise ValueError(f"samples {empty.nonzero().flatten().tolist()} have no valid word in word_mask")
 
-    dtype = _compute_dtype(patches, words)
+    dtype = compute_dtype(patches, words)
     patches = patches.to(dtype)
     words = words.to(dtype).masked_fill(~word_mask.unsqueeze(2), 0.0)
     word_weights = word_weights.to(dtype).masked_fill(~word_mask, 0.0)
@@ -367,8 +349,8 @@ def sinkhorn_knopp(
         present = check_present(present, scores.shape[0]).to(scores.device)
         num_samples = int(gather_present(present).sum())
         if num_samples == 0:
-            return torch.zeros_like(scores, dtype=_compute_dtype(scores))
-    log_q = scores.detach().to(_compute_dtype(scores)).T / epsilon  # (K, N)
+            return torch.zeros_like(scores, dtype=compute_dtype(scores))
+    log_q = scores.detach().to(compute_dtype(scores)).T / epsilon  # (K, N)
     # Q / sum(Q) is left out: the first row scaling (or, with no iteration, the final column
     # scaling) cancels any global factor exactly, and on a GPU each step costs kernel launches.
     for _ in range(iterations):
@@ -379,7 +361,7 @@ def sinkhorn_knopp(
     return codes if present is None else codes.masked_fill(~present[:, None], 0.0)
 
 
-@_full_precision
+@in_full_precision
 def prototype_alignment_loss(
     image: torch.Tensor,
     text: torch.Tensor,
@@ -408,7 +390,7 @@ def prototype_alignment_loss(
         raise ValueError(f"prototypes must be (K, {image.shape[1]}), got {tuple(prototypes.shape)}")
     if present is not None:
         present = check_present(present, image.shape[0]).to(image.device)
-    dtype = _compute_dtype(image, text, prototypes)
+    dtype = compute_dtype(image, text, prototypes)
     prototypes = F.normalize(prototypes.to(dtype), dim=1)
     image_scores = image.to(dtype) @ prototypes.T
     text_scores = text.to(dtype) @ prototypes.T
@@ -448,6 +430,9 @@ class MGCALoss(nn.Module):
     ``learnable_cross_attention=True`` replaces TCA's parameter-free attention by two single-head
     ``nn.MultiheadAttention`` layers (word→patch, patch→word), the paper's description; the default
     is the released code's parameter-free attention.
+
+    ``gather_distributed``: None (default) makes ITA's negatives and Sinkhorn's batch global under
+    torchrun; False keeps every level to each rank's samples, as in the released code.
     """
 
     def __init__(
@@ -465,8 +450,10 @@ class MGCALoss(nn.Module):
         sinkhorn_iterations: int = 3,
         learnable_cross_attention: bool = False,
         freeze_prototypes_epochs: int = 1,
+        gather_distributed: bool | None = None,
     ):
         super().__init__()
+        self.gather_distributed = gather_distributed
         self.lambda_ita, self.lambda_tca, self.lambda_cpa = lambda_ita, lambda_tca, lambda_cpa
         self.ita_temperature = ita_temperature
         self.tca_temperature = tca_temperature
@@ -506,6 +493,7 @@ class MGCALoss(nn.Module):
         self.prototypes.grad = None
         return True
 
+    @respects_gather_flag
     def forward(
         self,
         image_global: torch.Tensor,

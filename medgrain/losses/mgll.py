@@ -35,17 +35,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medgrain.distributed import gather_no_grad, gather_with_grad, is_distributed, respects_gather_flag
 from medgrain.losses.clip import (
     as_logit_scale,
     check_features,
     check_present,
-    compute_dtype,
     gather_present,
     mask_columns,
-    no_autocast,
     present_mean,
 )
-from medgrain.losses.distributed import gather_no_grad, gather_with_grad, is_distributed
+from medgrain.losses.precision import compute_dtype, full_precision
 
 COOCCURRENCE_MODES = ("exact", "jaccard")
 POINT_TARGETS = ("cooccurrence", "soft")
@@ -115,7 +114,7 @@ def cooccurrence_matrix(labels: torch.Tensor, mode: str = "exact", other: torch.
     # Set sizes from one matmul of 0/1 rows: O(N·M) memory instead of the (N, M, C) broadcast. Counts are
     # exact in float32 (also with TF32 inputs, whose products of 0/1 are exact); autocast off so that
     # bf16 cannot round them.
-    with no_autocast(labels.device):
+    with full_precision(labels.device):
         a, b = labels.float(), other.float()
         intersection = a @ b.T
         size_a, size_b = a.sum(1, keepdim=True), b.sum(1, keepdim=True).T
@@ -188,6 +187,9 @@ class MGLLLoss(nn.Module):
     texts in ``text_features`` and ``labels`` are ignored, whatever finite values they hold. A
     granularity with no present sample reports ``clip_<g>`` = ``point_<g>`` = 0 and is left out of
     ``clip`` and ``point``.
+
+    ``gather_distributed``: None gathers the global batch exactly when distributed (the default),
+    False keeps each rank's loss to its own samples (``medgrain.distributed.gathering``).
     """
 
     def __init__(
@@ -198,8 +200,10 @@ class MGLLLoss(nn.Module):
         cooccurrence: str = "exact",
         point_target: str = "cooccurrence",
         granularity_reduction: str = "mean",
+        gather_distributed: bool | None = None,
     ):
         super().__init__()
+        self.gather_distributed = gather_distributed
         self.alpha_clip = _check_alpha("alpha_clip", alpha_clip)
         self.alpha_point = _check_alpha("alpha_point", alpha_point)
         self.alpha_kl = _check_alpha("alpha_kl", alpha_kl)
@@ -255,13 +259,14 @@ class MGLLLoss(nn.Module):
             )
         return torch.stack([check_present(p, n, f"present[{g}]").to(device) for g, p in enumerate(present)], dim=1)
 
+    @respects_gather_flag
     def forward(self, image_features: torch.Tensor, text_features, labels, logit_scale, present=None) -> dict:
         text_features, labels = self._check_inputs(image_features, text_features, labels)
         num_g = len(text_features)
         present = self._check_present(present, num_g, image_features.shape[0], image_features.device)
         dtype = compute_dtype(image_features, *text_features)
         device = image_features.device
-        with no_autocast(device):
+        with full_precision(device):
             scale = as_logit_scale(logit_scale, dtype, device)
             images = image_features.to(dtype)
             # Granularities are stacked so that every step below is one batched op (and, under

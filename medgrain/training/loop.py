@@ -9,7 +9,7 @@ import contextlib
 import math
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +17,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .. import distributed as mdist
 from ..data.dataset import Collator, ImageTextDataset, num_samples, take_rows
 from ..data.manifest import Manifest, read_manifest
 from ..data.transforms import eval_transform, pretrain_transform
 from ..losses.objective import Objective, build_objective
 from ..models import create_model
-from . import distributed as mdist
 from .checkpoint import find_resumable, link_checkpoint, load_training_state, save_checkpoint
 from .config import RunConfig
 from .logging import RunLogger
@@ -109,6 +109,90 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@dataclass
+class TrainState:
+    """What a checkpoint holds besides weights, optimizer and RNG: where the run is, and its counts.
+
+    open_clip_train's seam: everything ``--resume`` needs to continue exactly where the run stopped.
+    ``to_dict`` gives the plain values stored in ``train_state.pt`` (loaded with weights_only=True)."""
+
+    epoch: int = 0
+    batch_in_epoch: int = 0  # micro-batches of ``epoch`` already trained on
+    step: int = 0  # optimizer steps (the schedule's position)
+    best_valid: float = math.inf
+    skipped_steps: int = 0  # updates skipped for a non-finite loss or gradient
+    skipped_records: int = 0  # bad records skipped under data.on_error=skip, over all ranks
+    equalised_records: int = 0  # good records left out to give every rank the same batch size
+    empty_batches: int = 0  # micro-batches stepped over because no record of them was left
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainState:
+        """From a checkpoint's values; counters an older checkpoint lacks start at 0."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+
+@dataclass
+class Run:
+    """What set-up builds once and every step reads: the objects of one training run.
+
+    ``state`` is checkpointed; ``consecutive_bad`` and ``best_written_at`` live only for the process."""
+
+    cfg: RunConfig
+    env: mdist.DistEnv
+    out: Path
+    module: TrainingModule
+    ddp: nn.Module  # ``module``, wrapped in DistributedDataParallel under torchrun
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    tokenizer: Any
+    train_ds: EpochSeededDataset
+    valid_ds: ImageTextDataset | None
+    collate: Collator
+    train_sampler: ShardedBatchSampler
+    total_steps: int
+    use_bf16: bool
+    logger: RunLogger
+    state: TrainState
+    history: list[dict[str, Any]] = field(default_factory=list)
+    consecutive_bad: int = 0  # non-finite steps in a row (a resumed run starts counting afresh)
+    best_written_at: int | None = None  # the step `best` holds, while nothing has moved since
+
+    @property
+    def params(self) -> list[torch.Tensor]:
+        return list(self.module.parameters())
+
+    @property
+    def last(self) -> Path:
+        return self.out / "checkpoints" / "last"
+
+    @property
+    def best(self) -> Path | None:
+        return self.out / "checkpoints" / "best" if self.valid_ds is not None else None
+
+
+@dataclass
+class _EpochMeter:
+    """One epoch's running sums between two logged rows, and the current accumulation group."""
+
+    t0: float
+    micro: int = 0
+    sums: dict[str, float] = field(default_factory=dict)
+    n_parts: int = 0
+    samples: int = 0
+    group_rows: int = 0  # samples the current accumulation group trained on
+    finite: float = 1.0  # whether every loss of the current group was finite (as 0/1)
+    last_loss: float = math.nan
+    last_parts: dict[str, float] = field(default_factory=dict)
+    step_started: float = 0.0
+
+    def reset_rows(self) -> None:
+        self.sums, self.n_parts, self.t0, self.samples = {}, 0, time.perf_counter(), 0
+
+
 def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
     env = mdist.setup(cfg.train.device)
     try:
@@ -118,6 +202,36 @@ def train(cfg: RunConfig, resume: bool = False) -> TrainResult:
 
 
 def _train(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> TrainResult:
+    run = set_up(cfg, env, resume)
+    t, state = cfg.train, run.state
+    if run.valid_ds is not None and state.step == 0 and t.eval_at_start:
+        validate(run, step=0, epoch=-1)
+    stopped = False
+    for epoch in range(state.epoch, t.epochs):
+        stopped = train_one_epoch(run, epoch)
+        if stopped:
+            break
+        state.epoch, state.batch_in_epoch = epoch + 1, 0
+        if run.valid_ds is not None and ((epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs):
+            row = validate(run, step=state.step, epoch=epoch)
+            if row["loss"] < state.best_valid:
+                state.best_valid = row["loss"]
+                save(run, run.best)
+        save(run, run.last)
+    if stopped:
+        save(run, run.last)
+    counts = ("skipped_steps", "skipped_records", "equalised_records", "empty_batches")
+    run.logger.close(summary={k: getattr(state, k) for k in counts})
+    best = run.best
+    return TrainResult(run.out, run.last, best if best is not None and best.exists() else None, run.history,
+                       state.skipped_steps, state.skipped_records, state.equalised_records, state.empty_batches)
+
+
+# ----------------------------------------------------------------------------- set-up
+
+
+def set_up(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> Run:
+    """Data, model, objective, optimizer and schedule; the checkpoint's state when resuming; DDP."""
     t = cfg.train
     out = Path(t.output_dir)
     if env.is_main:
@@ -128,28 +242,15 @@ def _train(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> TrainResult:
     # Same initialisation on every rank (DDP also broadcasts it); then per-rank streams for dropout.
     _seed_everything(t.seed)
     created = create_model(cfg.model.preset, **cfg.model.overrides)
-    model, tokenizer, preprocess = created.model, created.tokenizer, created.preprocess
+    model, tokenizer = created.model, created.tokenizer
     if cfg.data.max_length:
         tokenizer.max_length = cfg.data.max_length
-
     granularities = cfg.data.granularities or manifest.granularities
     has_report = any(r.report for r in manifest.records)
     objective = build_objective(cfg.objective, granularities, has_report, embed_dim=model.embed_dim)
     _seed_everything(t.seed + 1000 * env.rank)
 
-    common = dict(granularities=granularities, with_report=objective.needs_report, on_error=cfg.data.on_error,
-                  max_image_pixels=cfg.data.max_image_pixels)
-    train_ds = EpochSeededDataset(
-        ImageTextDataset(manifest, cfg.data.train_split, transform=pretrain_transform(preprocess), **common),
-        seed=t.seed,
-    )
-    valid_ds = None
-    if cfg.data.valid_split and manifest.split(cfg.data.valid_split):
-        valid_ds = ImageTextDataset(manifest, cfg.data.valid_split, transform=eval_transform(preprocess), **common)
-    # Under on_error=skip a batch whose records all fail is an empty batch that every rank steps over.
-    collate = Collator(tokenizer, granularities, with_report=objective.needs_report,
-                       allow_empty=cfg.data.on_error == "skip")
-
+    train_ds, valid_ds, collate = _datasets(cfg, manifest, granularities, objective, created.preprocess, tokenizer)
     train_sampler = ShardedBatchSampler(len(train_ds), t.batch_size, t.seed, env.rank, env.world_size,
                                         multiple_of=t.grad_accum)
     steps_per_epoch = len(train_sampler) // t.grad_accum
@@ -160,205 +261,233 @@ def _train(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> TrainResult:
         )
     total_steps = steps_per_epoch * t.epochs
 
-    device = env.device
-    module = TrainingModule(model, objective).to(device)
-    if env.distributed and t.sync_batchnorm and device.type == "cuda":
+    module = TrainingModule(model, objective).to(env.device)
+    if env.distributed and t.sync_batchnorm and env.device.type == "cuda":
         # SyncBatchNorm runs only on GPUs; on CPU (gloo) each rank normalises over its own samples.
         module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
     optimizer = build_optimizer({"model": module.model, "objective": module.objective}, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, total_steps)
-    use_bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
-
-    state = {"epoch": 0, "batch_in_epoch": 0, "step": 0, "best_valid": math.inf, "skipped_steps": 0,
-             "skipped_records": 0, "equalised_records": 0, "empty_batches": 0}
-    ckpt_dir = out / "checkpoints"
-    if resume:
-        src = find_resumable(ckpt_dir / "last")
-        if src is None:
-            raise FileNotFoundError(f"--resume: no checkpoint to resume from in {ckpt_dir / 'last'}")
-        loaded = load_training_state(src, model=module.model, objective=module.objective,
-                                     optimizer=optimizer, scheduler=scheduler)
-        rng = loaded.pop("rng_state_per_rank", [])
-        if env.rank < len(rng):
-            torch.set_rng_state(rng[env.rank])
-        cuda_rng = loaded.pop("cuda_rng_state_per_rank", [])
-        if device.type == "cuda" and env.rank < len(cuda_rng):
-            torch.cuda.set_rng_state(cuda_rng[env.rank], device)
-        state.update(loaded)
-
-    ddp = module
-    if env.distributed:
-        ddp = nn.parallel.DistributedDataParallel(
-            module, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=True,  # presets may carry heads the chosen objective does not use
-        )
-
+    state = _resume(out, env, module, optimizer, scheduler) if resume else TrainState()
     logger = RunLogger(out, enabled=env.is_main, tensorboard=t.tensorboard, progress=t.progress,
-                       total_steps=total_steps, start_step=state["step"])
-    history: list[dict[str, Any]] = []
-    consecutive_bad = 0
-    last = ckpt_dir / "last"
-    best = ckpt_dir / "best" if valid_ds is not None else None
-    params = [p for p in module.parameters()]
+                       total_steps=total_steps, start_step=state.step)
+    return Run(cfg=cfg, env=env, out=out, module=module, ddp=_wrap_ddp(module, env), optimizer=optimizer,
+               scheduler=scheduler, tokenizer=tokenizer, train_ds=train_ds, valid_ds=valid_ds, collate=collate,
+               train_sampler=train_sampler, total_steps=total_steps,
+               use_bf16=t.precision == "bf16" or (t.precision == "auto" and env.device.type == "cuda"),
+               logger=logger, state=state)
 
-    best_written_at: int | None = None  # the step `best` holds, while nothing has moved since
 
-    def checkpoint(name: Path) -> None:
-        nonlocal best_written_at
-        if name == last and best_written_at == state["step"]:
-            # Nothing changed since `best` was written (no step, no random draw): share its files.
-            if env.is_main:
-                link_checkpoint(best, last)
-            mdist.barrier()
-            return
-        mdist.check_in_sync(params)
-        rng = {"rng_state_per_rank": mdist.all_gather(torch.get_rng_state())}
-        if device.type == "cuda":  # dropout on the GPU draws from the device's generator
-            rng["cuda_rng_state_per_rank"] = mdist.all_gather(torch.cuda.get_rng_state(device))
-        if env.is_main:
-            save_checkpoint(name, model=module.model, tokenizer=tokenizer, objective=module.objective,
-                            optimizer=optimizer, scheduler=scheduler, state={**state, **rng},
-                            run_yaml=cfg.to_yaml())
-        best_written_at = state["step"] if name == best else None
-        mdist.barrier()
+def _datasets(cfg: RunConfig, manifest, granularities, objective: Objective, preprocess, tokenizer):
+    """``(train, valid or None, collate)``: the training split reseeds its augmentation every epoch."""
+    common = dict(granularities=granularities, with_report=objective.needs_report, on_error=cfg.data.on_error,
+                  max_image_pixels=cfg.data.max_image_pixels)
+    train_ds = EpochSeededDataset(
+        ImageTextDataset(manifest, cfg.data.train_split, transform=pretrain_transform(preprocess), **common),
+        seed=cfg.train.seed,
+    )
+    valid_ds = None
+    if cfg.data.valid_split and manifest.split(cfg.data.valid_split):
+        valid_ds = ImageTextDataset(manifest, cfg.data.valid_split, transform=eval_transform(preprocess), **common)
+    # Under on_error=skip a batch whose records all fail is an empty batch that every rank steps over.
+    collate = Collator(tokenizer, granularities,
+                       with_report=objective.needs_report, allow_empty=cfg.data.on_error == "skip")
+    return train_ds, valid_ds, collate
+def _resume(out: Path, env: mdist.DistEnv, module: TrainingModule, optimizer, scheduler) -> TrainState:
+    """Weights, optimizer, schedule and this rank's RNG streams from ``checkpoints/last``."""
+    ckpt_dir = out / "checkpoints"
+    src = find_resumable(ckpt_dir / "last")
+    if src is None:
+        raise FileNotFoundError(f"--resume: no checkpoint to resume from in {ckpt_dir / 'last'}")
+    loaded = load_training_state(src, model=module.model, objective=module.objective,
+                                 optimizer=optimizer, scheduler=scheduler)
+    rng = loaded.pop("rng_state_per_rank", [])
+    if env.rank < len(rng):
+        torch.set_rng_state(rng[env.rank])
+    cuda_rng = loaded.pop("cuda_rng_state_per_rank", [])
+    if env.device.type == "cuda" and env.rank < len(cuda_rng):
+        torch.cuda.set_rng_state(cuda_rng[env.rank], env.device)
+    return TrainState.from_dict(loaded)
 
-    if valid_ds is not None and state["step"] == 0 and t.eval_at_start:
-        row = evaluate_loss(module, valid_ds, collate, t.batch_size, env, use_bf16, cfg.data.num_workers)
-        row.update({"split": "valid", "step": 0, "epoch": -1})
-        logger.log(row)
-        history.append(row)
 
-    stop = False
-    for epoch in range(state["epoch"], t.epochs):
-        module.objective.set_epoch(epoch)
-        train_ds.set_epoch(epoch)
-        start_batch = state["batch_in_epoch"] if epoch == state["epoch"] else 0
-        train_sampler.set_epoch(epoch, start_batch)
-        # The loader draws its workers' base seed from `generator`, not from the global stream, so
-        # a resumed run's dropout sees the same random numbers as an uninterrupted run's.
-        loader = DataLoader(train_ds, batch_sampler=train_sampler, collate_fn=collate,
-                            num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
-                            generator=torch.Generator().manual_seed(t.seed * 7919 + epoch))
-        module.train()
-        micro, sums, n_parts, t0, samples = 0, {}, 0, time.perf_counter(), 0
-        step_started = t0
-        local_finite = torch.ones((), device=device)
-        group_rows, last_loss = 0, math.nan  # samples the current accumulation group trained on
-        for batch in loader:
-            batch, skipped, equalised = equalise_batches(batch, env)
-            state["skipped_records"] += skipped
-            state["equalised_records"] += equalised
-            if equalised:
-                logger.warn(f"step {state['step'] + 1}: {equalised} good record(s) left out so that every rank has "
-                            f"the batch size of the smallest (records were skipped; "
-                            f"{state['equalised_records']} in all)")
-            n = num_samples(batch)  # the same on every rank after equalise_batches
-            sync = (micro + 1) % t.grad_accum == 0
-            if n == 0:
-                # Every record of this micro-batch failed to load (on this rank or another): no forward.
-                state["empty_batches"] += 1
-                logger.warn(f"step {state['step'] + 1}: a micro-batch had no record left to train on "
-                            f"({state['empty_batches']} in all); it is stepped over")
-                if sync and env.distributed and group_rows:
-                    # DDP averages gradients in the group's last backward, which did not run: do it here.
-                    mdist.average_gradients(params)
-            else:
-                batch = to_device(batch, device)
-                # Until the last micro-batch of a group, DDP keeps gradients local (one context for both the
-                # forward and the backward: no_sync is a one-shot context manager).
-                with ddp.no_sync() if (env.distributed and not sync) else contextlib.nullcontext():
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                        parts = ddp(batch)
-                    loss = parts["loss"]
-                    local_finite = local_finite * torch.isfinite(loss.detach()).float()
-                    (loss / t.grad_accum).backward()
-                for k, v in parts.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach())
-                last_loss = float(loss.detach())
-                n_parts += 1
-                samples += n * env.world_size
-                group_rows += n
-            micro += 1
-            state["batch_in_epoch"] = start_batch + micro
-            if not sync:
-                continue
+def _wrap_ddp(module: TrainingModule, env: mdist.DistEnv) -> nn.Module:
+    if not env.distributed:
+        return module
+    device = env.device
+    return nn.parallel.DistributedDataParallel(
+        module, device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=True,  # presets may carry heads the chosen objective does not use
+    )
 
-            module.objective.after_backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                [p for p in params if p.grad is not None],
-                float("inf") if cfg.optim.clip_grad is None else cfg.optim.clip_grad,  # inf: measure, do not clip
+
+# ----------------------------------------------------------------------------- one epoch
+
+
+def train_one_epoch(run: Run, epoch: int) -> bool:
+    """Train on ``epoch`` from ``run.state.batch_in_epoch`` on; True when ``train.stop_after_steps``
+    stopped it before its end."""
+    t, state = run.cfg.train, run.state
+    run.module.objective.set_epoch(epoch)
+    run.train_ds.set_epoch(epoch)
+    start_batch = state.batch_in_epoch if epoch == state.epoch else 0
+    run.train_sampler.set_epoch(epoch, start_batch)
+    # The loader draws its workers' base seed from `generator`, not from the global stream, so
+    # a resumed run's dropout sees the same random numbers as an uninterrupted run's.
+    loader = DataLoader(run.train_ds, batch_sampler=run.train_sampler, collate_fn=run.collate,
+                        num_workers=run.cfg.data.num_workers, pin_memory=run.env.device.type == "cuda",
+                        generator=torch.Generator().manual_seed(t.seed * 7919 + epoch))
+    run.module.train()
+    meter = _EpochMeter(t0=time.perf_counter())
+    meter.step_started = meter.t0
+    for batch in loader:
+        sync = (meter.micro + 1) % t.grad_accum == 0
+        train_micro_batch(run, batch, meter, sync)
+        meter.micro += 1
+        state.batch_in_epoch = start_batch + meter.micro
+        if not sync:
+            continue
+        grad_norm = optimizer_step(run, meter)
+        _after_step(run, meter, epoch, grad_norm)
+        if t.checkpoint_every and state.step % t.checkpoint_every == 0:
+            save(run, run.last)
+        if t.stop_after_steps and state.step >= t.stop_after_steps:
+            return True
+    return False
+
+
+def train_micro_batch(run: Run, batch: dict[str, Any], meter: _EpochMeter, sync: bool) -> None:
+    """Forward and backward of one micro-batch (or stepping over an empty one); gradients accumulate."""
+    state, env, t = run.state, run.env, run.cfg.train
+    batch, skipped, equalised = equalise_batches(batch, env)
+    state.skipped_records += skipped
+    state.equalised_records += equalised
+    if equalised:
+        run.logger.warn(f"step {state.step + 1}: {equalised} good record(s) left out so that every rank has "
+                        f"the batch size of the smallest (records were skipped; "
+                        f"{state.equalised_records} in all)")
+    n = num_samples(batch)  # the same on every rank after equalise_batches
+    if n == 0:
+        # Every record of this micro-batch failed to load (on this rank or another): no forward.
+        state.empty_batches += 1
+        run.logger.warn(f"step {state.step + 1}: a micro-batch had no record left to train on "
+                        f"({state.empty_batches} in all); it is stepped over")
+        if sync and env.distributed and meter.group_rows:
+            # DDP averages gradients in the group's last backward, which did not run: do it here.
+            mdist.average_gradients(run.params)
+        return
+    batch = to_device(batch, env.device)
+    # Until the last micro-batch of a group, DDP keeps gradients local (one context for both the
+    # forward and the backward: no_sync is a one-shot context manager).
+    with run.ddp.no_sync() if (env.distributed and not sync) else contextlib.nullcontext():
+        with torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=run.use_bf16):
+            parts = run.ddp(batch)
+        loss = parts["loss"]
+        meter.finite *= float(torch.isfinite(loss.detach()))
+        (loss / t.grad_accum).backward()
+    meter.last_parts = {k: float(v.detach()) for k, v in parts.items()}
+    for k, v in meter.last_parts.items():
+        meter.sums[k] = meter.sums.get(k, 0.0) + v
+    meter.last_loss = float(loss.detach())
+    meter.n_parts += 1
+    meter.samples += n * env.world_size
+    meter.group_rows += n
+
+
+def optimizer_step(run: Run, meter: _EpochMeter) -> torch.Tensor:
+    """Close an accumulation group: clip, update unless a rank's loss or gradient was non-finite,
+    advance the schedule. Returns the gradient norm before clipping."""
+    state, t, optim = run.state, run.cfg.train, run.cfg.optim
+    run.module.objective.after_backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(
+        [p for p in run.params if p.grad is not None],
+        float("inf") if optim.clip_grad is None else optim.clip_grad,  # inf: measure, do not clip
+    )
+    ok = (torch.isfinite(grad_norm).float() * meter.finite).reshape(1)
+    mdist.all_reduce_(ok, "min")
+    if not meter.group_rows:
+        # Nothing was trained on: no update, and no weight decay either. The schedule still
+        # advances below, so it stays aligned with the data.
+        run.logger.warn(f"step {state.step + 1}: no record to train on in this step; no update")
+    elif bool(ok.item()):
+        run.optimizer.step()
+        run.consecutive_bad = 0
+    else:
+        state.skipped_steps += 1
+        run.consecutive_bad += 1
+        run.logger.warn(f"step {state.step + 1}: non-finite loss or gradient; the update is skipped "
+                        f"({run.consecutive_bad} in a row, {state.skipped_steps} in all)")
+        if run.consecutive_bad >= t.max_nonfinite_steps:
+            raise NonFiniteLossError(
+                f"{run.consecutive_bad} consecutive steps had a non-finite loss or gradient "
+                f"(last loss parts: {meter.last_parts}); lower optim.lr, "
+                "check the data, or use train.precision=fp32"
             )
-            ok = (torch.isfinite(grad_norm).float() * local_finite).reshape(1)
-            mdist.all_reduce_(ok, "min")
-            if not group_rows:
-                # Nothing was trained on: no update, and no weight decay either. The schedule still
-                # advances below, so it stays aligned with the data.
-                logger.warn(f"step {state['step'] + 1}: no record to train on in this step; no update")
-            elif bool(ok.item()):
-                optimizer.step()
-                consecutive_bad = 0
-            else:
-                state["skipped_steps"] += 1
-                consecutive_bad += 1
-                logger.warn(f"step {state['step'] + 1}: non-finite loss or gradient; the update is skipped "
-                            f"({consecutive_bad} in a row, {state['skipped_steps']} in all)")
-                if consecutive_bad >= t.max_nonfinite_steps:
-                    raise NonFiniteLossError(
-                        f"{consecutive_bad} consecutive steps had a non-finite loss or gradient "
-                        f"(last loss parts: { {k: float(v.detach()) for k, v in parts.items()} }); lower optim.lr, "
-                        "check the data, or use train.precision=fp32"
-                    )
-            optimizer.zero_grad(set_to_none=True)
-            group_rows = 0
-            with warnings.catch_warnings():
-                # A skipped update still advances the schedule, so it stays aligned with the data; torch
-                # warns about that order when the very first updates are the skipped ones.
-                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
-                scheduler.step()
-            state["step"] += 1
-            local_finite = torch.ones((), device=device)
+    run.optimizer.zero_grad(set_to_none=True)
+    meter.group_rows = 0
+    with warnings.catch_warnings():
+        # A skipped update still advances the schedule, so it stays aligned with the data; torch
+        # warns about that order when the very first updates are the skipped ones.
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+        run.scheduler.step()
+    state.step += 1
+    meter.finite = 1.0
+    return grad_norm
 
-            # A row needs at least one micro-batch trained on since the last (empty ones are stepped over).
-            if n_parts and (state["step"] % t.log_every == 0 or state["step"] == total_steps):
-                dt = time.perf_counter() - t0
-                row = {"split": "train", "step": state["step"], "epoch": epoch,
-                       "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                       "logit_scale": float(module.model.logit_scale_value().detach()),
-                       "samples_per_s": samples / max(dt, 1e-9),
-                       **_mean_over_ranks({k: v / n_parts for k, v in sums.items()}, env)}
-                logger.log(row)
-                history.append(row)
-                sums, n_parts, t0, samples = {}, 0, time.perf_counter(), 0
-            step_time = time.perf_counter() - step_started
-            logger.advance(state["step"], {"loss": last_loss, "epoch": epoch,
-                                           "rate": t.grad_accum * t.batch_size * env.world_size / max(step_time, 1e-9)})
-            step_started = time.perf_counter()
 
-            if t.checkpoint_every and state["step"] % t.checkpoint_every == 0:
-                checkpoint(last)
-            if t.stop_after_steps and state["step"] >= t.stop_after_steps:
-                stop = True
-                break
-        if stop:
-            break
-        state["epoch"], state["batch_in_epoch"] = epoch + 1, 0
-        if valid_ds is not None and ((epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs):
-            row = evaluate_loss(module, valid_ds, collate, t.batch_size, env, use_bf16, cfg.data.num_workers)
-            row.update({"split": "valid", "step": state["step"], "epoch": epoch})
-            logger.log(row)
-            history.append(row)
-            if row["loss"] < state["best_valid"]:
-                state["best_valid"] = row["loss"]
-                checkpoint(best)
-        checkpoint(last)
+def _after_step(run: Run, meter: _EpochMeter, epoch: int, grad_norm: torch.Tensor) -> None:
+    """The training row every ``log_every`` steps (the mean over the micro-batches since the last) and
+    the progress bar."""
+    state, t, env = run.state, run.cfg.train, run.env
+    # A row needs at least one micro-batch trained on since the last (empty ones are stepped over).
+    if meter.n_parts and (state.step % t.log_every == 0 or state.step == run.total_steps):
+        dt = time.perf_counter() - meter.t0
+        row = {"split": "train", "step": state.step, "epoch": epoch,
+               "lr": run.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+               "logit_scale": float(run.module.model.logit_scale_value().detach()),
+               "samples_per_s": meter.samples / max(dt, 1e-9),
+               **_mean_over_ranks({k: v / meter.n_parts for k, v in meter.sums.items()}, env)}
+        run.logger.log(row)
+        run.history.append(row)
+        meter.reset_rows()
+    step_time = time.perf_counter() - meter.step_started
+    run.logger.advance(state.step, {"loss": meter.last_loss, "epoch": epoch,
+                                    "rate": t.grad_accum * t.batch_size * env.world_size / max(step_time, 1e-9)})
+    meter.step_started = time.perf_counter()
 
-    if stop:
-        checkpoint(last)
-    counts = ("skipped_steps", "skipped_records", "equalised_records", "empty_batches")
-    logger.close(summary={k: state.get(k, 0) for k in counts})
-    return TrainResult(out, last, best if best is not None and best.exists() else None, history,
-                       state["skipped_steps"], state["skipped_records"], state.get("equalised_records", 0),
-                       state.get("empty_batches", 0))
+
+# ----------------------------------------------------------------------------- validation, checkpoints
+
+
+def validate(run: Run, step: int, epoch: int) -> dict[str, Any]:
+    """The validation loss, logged and kept in the history."""
+    t = run.cfg.train
+    row = evaluate_loss(run.module, run.valid_ds, run.collate, t.batch_size, run.env, run.use_bf16,
+                        run.cfg.data.num_workers)
+    row.update({"split": "valid", "step": step, "epoch": epoch})
+    run.logger.log(row)
+    run.history.append(row)
+    return row
+
+
+def save(run: Run, name: Path) -> None:
+    """Checkpoint ``name`` (``run.last`` or ``run.best``) with every rank's RNG state; a collective."""
+    env, state = run.env, run.state
+    if name == run.last and run.best_written_at == state.step:
+        # Nothing changed since `best` was written (no step, no random draw): share its files.
+        if env.is_main:
+            link_checkpoint(run.best, run.last)
+        mdist.barrier()
+        return
+    mdist.check_in_sync(run.params)
+    rng = {"rng_state_per_rank": mdist.all_gather(torch.get_rng_state())}
+    if env.device.type == "cuda":  # dropout on the GPU draws from the device's generator
+        rng["cuda_rng_state_per_rank"] = mdist.all_gather(torch.cuda.get_rng_state(env.device))
+    if env.is_main:
+        save_checkpoint(name, model=run.module.model, tokenizer=run.tokenizer, objective=run.module.objective,
+                        optimizer=run.optimizer, scheduler=run.scheduler, state={**state.to_dict(), **rng},
+                        run_yaml=run.cfg.to_yaml())
+    run.best_written_at = state.step if name == run.best else None
+    mdist.barrier()
+
 
 
 def equalise_batches(batch: dict[str, Any], env: mdist.DistEnv) -> tuple[dict[str, Any], int, int]:
