@@ -84,7 +84,7 @@ class Budget:
 BUDGETS = {
     "toy": Budget(epochs=1, batch_size=16, lr=1e-3, image_size=48, preset="tiny", segment_epochs=1,
                   fractions=(0.1, 1.0), segment_fractions=(1.0,), stop_after_steps=2),
-    "cpu": Budget(epochs=4, batch_size=32, lr=3e-4, image_size=128, preset="effnet-minilm", segment_epochs=5),
+    "cpu": Budget(epochs=3, batch_size=32, lr=3e-4, image_size=128, preset="effnet-minilm", segment_epochs=3),
 }
 
 ABLATIONS: Registry[Suite] = Registry("ablation suite")
