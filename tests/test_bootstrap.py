@@ -225,3 +225,60 @@ def test_empty_or_full_region_is_undefined():
     regions = torch.stack([torch.zeros(3, 3, dtype=torch.bool), torch.ones(3, 3, dtype=torch.bool)])
     assert torch.isnan(contrast_to_noise(sim, regions)).all()
     assert torch.isnan(grounding_iou(sim, regions)[0])
+
+
+# --- intervals inside the metric functions, against a loop over the same resamples ------------------------
+
+
+def _loop_interval(values):
+    values = np.asarray([v for v in values if v is not None and np.isfinite(v)])
+    return list(np.percentile(values, [2.5, 97.5]))
+
+
+def test_multilabel_metric_intervals_match_a_loop_over_the_same_resamples():
+    from medgrain.evaluation.metrics import multilabel_metrics
+
+    g = np.random.default_rng(5)
+    targets = g.random((80, 3)) < np.array([0.5, 0.3, 0.06])  # the third finding is rare: stratified
+    scores = targets * 0.4 + g.random((80, 3))
+    thresholds = np.array([0.6, 0.7, 0.8])
+    spec = Bootstrap(resamples=150, seed=7, chunk=40)
+    out = multilabel_metrics(scores, targets, ["a", "b", "c"], thresholds, bootstrap=spec)
+    strata = rare_class_strata(targets)
+    assert strata is not None
+    idx = np.concatenate(list(resample_indices(80, 150, 7, strata, chunk=40)))
+    macro_auc, macro_f1, auc_c, acc_b = [], [], [], []
+    for rows in idx:  # the direct reference: scikit-learn on every resample
+        s, t = scores[rows], targets[rows]
+        aucs = [roc_auc_score(t[:, c], s[:, c]) for c in range(3) if 0 < t[:, c].sum() < len(t)]
+        macro_auc.append(np.mean(aucs))
+        f1s = [f1_score(t[:, c], s[:, c] >= thresholds[c]) for c in range(3) if t[:, c].any()]
+        macro_f1.append(np.mean(f1s))
+        auc_c.append(roc_auc_score(t[:, 2], s[:, 2]))
+        acc_b.append(((s[:, 1] >= thresholds[1]) == t[:, 1]).mean())
+    assert out["macro"]["auroc_ci"] == pytest.approx(_loop_interval(macro_auc))
+    assert out["macro"]["f1_ci"] == pytest.approx(_loop_interval(macro_f1))
+    assert out["per_class"]["c"]["auroc_ci"] == pytest.approx(_loop_interval(auc_c))
+    assert out["per_class"]["b"]["accuracy_ci"] == pytest.approx(_loop_interval(acc_b))
+    low, high = out["macro"]["ap_ci"]
+    assert low <= out["macro"]["ap"] <= high
+    assert "auroc_ci" not in multilabel_metrics(scores, targets, ["a", "b", "c"])["macro"]
+
+
+def test_multiclass_and_recall_intervals_match_a_loop():
+    from medgrain.evaluation.metrics import multiclass_metrics, recall_metrics
+
+    g = np.random.default_rng(6)
+    target = g.integers(0, 3, 60)
+    probabilities = np.eye(3)[target] * 0.5 + g.random((60, 3))
+    spec = Bootstrap(resamples=120, seed=1)
+    out = multiclass_metrics(probabilities, target, ["x", "y", "z"], bootstrap=spec)
+    idx = np.concatenate(list(resample_indices(60, 120, 1, None)))
+    accuracy = [(probabilities[r].argmax(1) == target[r]).mean() for r in idx]
+    f1 = [f1_score(target[r], probabilities[r].argmax(1), average="macro", labels=[0, 1, 2]) for r in idx]
+    assert out["macro"]["accuracy_ci"] == pytest.approx(_loop_interval(accuracy))
+    assert out["macro"]["f1_ci"] == pytest.approx(_loop_interval(f1))
+    ranks = torch.tensor(g.integers(1, 20, 50))
+    rec = recall_metrics(ranks, (1, 5), bootstrap=Bootstrap(100, seed=2))
+    idx = np.concatenate(list(resample_indices(50, 100, 2, None)))
+    assert rec["R@5_ci"] == pytest.approx(_loop_interval([(ranks.numpy()[r] <= 5).mean() for r in idx]))

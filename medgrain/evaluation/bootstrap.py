@@ -94,6 +94,19 @@ def rare_class_strata(targets, rare_share: float = RARE_SHARE) -> np.ndarray | N
     return strata
 
 
+def bootstrap_intervals(statistic: Statistic, data: Sequence, bootstrap: Bootstrap = Bootstrap(),
+                        strata=None) -> list[list[float] | None]:
+    """Intervals of several statistics at once: ``statistic`` returns (B, K), one column per statistic
+    (e.g. every class's AUROC and their macro mean); each column gets ``[low, high]`` or ``None``."""
+    values = _statistic_over(statistic, [np.asarray(d) for d in data], bootstrap, strata)
+    values = values.reshape(len(values), -1)
+    out = []
+    for column in values.T:
+        interval = _percentiles(column, bootstrap.level)
+        out.append(None if interval is None else list(interval))
+    return out
+
+
 def _percentiles(values: np.ndarray, level: float) -> tuple[float, float] | None:
     values = values[np.isfinite(values)]
     if len(values) == 0:

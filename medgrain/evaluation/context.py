@@ -38,6 +38,8 @@ class ContextOptions(BaseModel):
     fractions_dir: Path | None = Field(None, description="where label-fraction files are kept "
                                                          "(default: next to the manifest)")
     cache_dir: Path | None = Field(None, description="feature cache (default ~/.cache/medgrain/features)")
+    bootstrap: int = Field(1000, ge=0, description="bootstrap resamples of the test images for every metric's 95% "
+                                                   "interval (<metric>_ci); 0 leaves intervals out")
 
 
 @dataclass
@@ -52,6 +54,7 @@ class EvalContext:
     fractions_dir: Path | None = None
     cache_dir: Path | None = None
     workers: int = 0
+    bootstrap: int = 1000
 
     @classmethod
     def open(cls, options: ContextOptions, encoder=None, manifest=None) -> EvalContext:
@@ -65,8 +68,15 @@ class EvalContext:
         encoder = encoder or load_encoder(options.checkpoint, options.model, options.seeds[0], options.device,
                                           options.imagenet_weights)
         fields = options.model_dump(include={"model", "split", "valid_split", "seeds", "fractions",
-                                             "fractions_dir", "cache_dir", "workers"})
+                                             "fractions_dir", "cache_dir", "workers", "bootstrap"})
         return cls(encoder, manifest, **fields)
+
+    @property
+    def intervals(self):
+        """How metrics get their 95% intervals (``medgrain.evaluation.bootstrap.Bootstrap``), or None."""
+        from medgrain.evaluation.bootstrap import Bootstrap
+
+        return Bootstrap(resamples=self.bootstrap) if self.bootstrap else None
 
     @property
     def device(self):
@@ -77,7 +87,7 @@ class EvalContext:
 
     def describe(self, uses: tuple[str, ...]) -> dict[str, Any]:
         """The context's part of a result's ``options``: the preset, the split, and what the task used."""
-        described: dict[str, Any] = {"model": self.model, "split": self.split}
+        described: dict[str, Any] = {"model": self.model, "split": self.split, "bootstrap": self.bootstrap}
         if "valid_split" in uses:
             described["valid_split"] = self.valid_split
         if "seeds" in uses:

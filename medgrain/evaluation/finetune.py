@@ -127,7 +127,7 @@ def finetune_task(ctx: EvalContext, options: FinetuneOptions) -> TaskResult:
                                             f"finetune {fraction_name(fraction)} seed {seed}")
         scores, labels, _ = predict(classifier, test_loader, multiclass)
         valid_scores, valid_labels = predict(classifier, valid_loader, multiclass)[:2] if valid_loader else (None, None)
-        metrics = classification_metrics(scores, labels, names, multiclass, valid_scores, valid_labels)
+        metrics = classification_metrics(scores, labels, names, multiclass, valid_scores, valid_labels, ctx.intervals)
         runs.append({"fraction": fraction, "seed": seed, "n_train": len(records), **fit, "metrics": metrics})
         if fraction == max(ctx.fractions) and result.scores is None:
             result.scores = PerImageScores([r.id for r in test_set.records], names, scores, labels,

@@ -177,7 +177,7 @@ def _has_labels(ctx: EvalContext) -> str | None:
     return None if ctx.manifest.finding_names else "no record has a label"
 
 
-def _fit_adamw(train_x, train_y, test, valid, names, multiclass, opts, seed, description):
+def _fit_adamw(train_x, train_y, test, valid, names, multiclass, opts, seed, description, intervals=None):
     predict, fit = fit_linear_adamw(
         train_x, train_y, multiclass, (valid.features, valid.labels) if valid is not None else None,
         epochs=opts["epochs"], patience=opts["patience"], lr=opts["lr"], weight_decay=opts["weight_decay"],
@@ -185,11 +185,11 @@ def _fit_adamw(train_x, train_y, test, valid, names, multiclass, opts, seed, des
     scores = predict(test.features)
     metrics = classification_metrics(scores, test.labels, names, multiclass,
                                      predict(valid.features) if valid is not None else None,
-                                     valid.labels if valid is not None else None)
+                                     valid.labels if valid is not None else None, intervals)
     return scores, {**fit, "metrics": metrics}
 
 
-def _fit_lbfgs(train_x, train_y, test, valid, names, multiclass, opts):
+def _fit_lbfgs(train_x, train_y, test, valid, names, multiclass, opts, intervals=None):
     scaler = StandardScaler().fit(train_x)  # L-BFGS converges far faster on standardised features
     candidates = opts["c_grid"] if valid is not None else (1.0,)
     fitted = {c: fit_logistic(scaler.transform(train_x), train_y, multiclass, c, opts["max_iter"]) for c in candidates}
@@ -201,7 +201,7 @@ def _fit_lbfgs(train_x, train_y, test, valid, names, multiclass, opts):
             if valid is not None else 1.0)
     scores = fitted[best](scaler.transform(test.features))
     metrics = classification_metrics(scores, test.labels, names, multiclass, valid_scores.get(best),
-                                     valid.labels if valid is not None else None)
+                                     valid.labels if valid is not None else None, intervals)
     return scores, {"C": best, "metrics": metrics}
 
 
@@ -240,9 +240,9 @@ def linear_probe_task(ctx: EvalContext, options: LinearProbeOptions) -> TaskResu
         x, y = train.features[rows], train.labels[rows]
         if options.solver == "adamw":
             scores, run = _fit_adamw(x, y, test, valid, names, multiclass, opts, seed,
-                                     f"linear probe {fraction_name(fraction)} seed {seed}")
+                                     f"linear probe {fraction_name(fraction)} seed {seed}", ctx.intervals)
         else:
-            scores, run = _fit_lbfgs(x, y, test, valid, names, multiclass, opts)
+            scores, run = _fit_lbfgs(x, y, test, valid, names, multiclass, opts, ctx.intervals)
         runs.append({"fraction": fraction, "seed": seed, "n_train": len(ids), **run})
         if fraction == max(ctx.fractions) and result.scores is None:
             result.scores = PerImageScores(test.ids, names, scores, test.labels,

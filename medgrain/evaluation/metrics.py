@@ -11,6 +11,16 @@ import numpy as np
 import torch
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
+from medgrain.evaluation.bootstrap import (
+    Bootstrap,
+    auroc_rows,
+    average_precision_rows,
+    bootstrap_intervals,
+    f1_rows,
+    nanmean_rows,
+    rare_class_strata,
+)
+
 # MGCA reports detection mAP averaged over these IoU thresholds (research/mgca.md §4.2).
 MGCA_IOU_THRESHOLDS = tuple(round(0.40 + 0.05 * i, 2) for i in range(8))
 COCO_IOU_THRESHOLDS = tuple(round(0.50 + 0.05 * i, 2) for i in range(10))
@@ -48,12 +58,59 @@ def f1_thresholds(scores, targets) -> np.ndarray:
     return thresholds
 
 
-def multilabel_metrics(scores, targets, names: list[str], thresholds=None) -> dict:
+CLASSIFICATION_METRICS = ("auroc", "ap", "f1", "accuracy")
+
+
+def _attach_intervals(per_class: dict, macro: dict, names: list[str], intervals: list) -> None:
+    """``<metric>_ci`` beside every per-class and macro metric, from columns ordered metric by metric
+    (every class, then the macro means in the same metric order)."""
+    n = len(names)
+    for k, metric in enumerate(CLASSIFICATION_METRICS):
+        for c, name in enumerate(names):
+            if metric in per_class[name]:
+                per_class[name][f"{metric}_ci"] = intervals[k * n + c]
+        macro[f"{metric}_ci"] = intervals[len(CLASSIFICATION_METRICS) * n + k]
+
+
+def _per_class_statistics(scores, targets, predicted) -> np.ndarray:
+    """(B, 4C + 4): AUROC, AP, F1, accuracy of every class, then their macro means; arrays (B, C, n)."""
+    per_metric = [auroc_rows(scores, targets), average_precision_rows(scores, targets), f1_rows(predicted, targets),
+                  (predicted == targets).mean(-1)]
+    return np.concatenate(per_metric + [nanmean_rows(v)[:, None] for v in per_metric], axis=1)
+
+
+def multilabel_intervals(scores, targets, thresholds, bootstrap: Bootstrap) -> list:
+    """Bootstrap intervals (over images, stratified on rare findings) of every ``multilabel_metrics`` value."""
+    def statistic(s, t):
+        s, t = np.moveaxis(s, -1, -2), np.moveaxis(t, -1, -2)
+        return _per_class_statistics(s, t, s >= thresholds[None, :, None])
+
+    return bootstrap_intervals(statistic, [scores, targets], bootstrap, rare_class_strata(targets))
+
+
+def multiclass_intervals(probabilities, target_index, n_classes: int, bootstrap: Bootstrap) -> list:
+    """Bootstrap intervals (stratified by class where one is rare) of every ``multiclass_metrics`` value;
+    the last macro column is top-1 accuracy."""
+    eye = np.eye(n_classes, dtype=bool)
+
+    def statistic(p, y):
+        t = np.moveaxis(eye[y], -1, -2)
+        predicted = np.moveaxis(eye[p.argmax(-1)], -1, -2)
+        out = _per_class_statistics(np.moveaxis(p, -1, -2), t, predicted)
+        out[:, -1] = (p.argmax(-1) == y).mean(-1)
+        return out
+
+    return bootstrap_intervals(statistic, [probabilities, target_index], bootstrap,
+                               rare_class_strata(eye[target_index]))
+
+
+def multilabel_metrics(scores, targets, names: list[str], thresholds=None, bootstrap: Bootstrap | None = None) -> dict:
     """AUROC, AP, F1 and accuracy per finding and their macro means, for multi-label scores.
 
     ``thresholds`` (one per class, e.g. from :func:`f1_thresholds` on the validation split) decide
     F1 and accuracy; without them 0.5 is used. Undefined values are ``None`` and named in
-    ``excluded`` with their reason."""
+    ``excluded`` with their reason. With ``bootstrap`` each value gets ``<metric>_ci``, its 95%
+    interval over test images."""
     scores, targets = _as_numpy(scores).astype(np.float64), _as_numpy(targets).astype(bool)
     if scores.shape != targets.shape or scores.shape[1] != len(names):
         raise ValueError(f"scores {scores.shape}, targets {targets.shape} and {len(names)} names disagree")
@@ -82,12 +139,14 @@ def multilabel_metrics(scores, targets, names: list[str], thresholds=None) -> di
             "threshold": float(thresholds[c]), "positives": int(positives[c]), "negatives": int(negatives[c]),
         }
     macro = {m: _mean(v[m] for v in per_class.values()) for m in ("auroc", "ap", "f1", "accuracy")}
+    if bootstrap is not None:
+        _attach_intervals(per_class, macro, names, multilabel_intervals(scores, targets, thresholds, bootstrap))
     return {"macro": macro, "per_class": per_class, "excluded": excluded}
 
 
-def multiclass_metrics(probabilities, target_index, names: list[str]) -> dict:
+def multiclass_metrics(probabilities, target_index, names: list[str], bootstrap: Bootstrap | None = None) -> dict:
     """Top-1 accuracy, and one-vs-rest AUROC, AP and F1 per class with their macro means
-    (MGLL's protocol for multi-class data, research/mgll.md §4)."""
+    (MGLL's protocol for multi-class data, research/mgll.md §4); ``<metric>_ci`` with ``bootstrap``."""
     probabilities = _as_numpy(probabilities).astype(np.float64)
     target_index = _as_numpy(target_index).astype(np.int64)
     if len(probabilities) == 0:
@@ -112,17 +171,20 @@ def multiclass_metrics(probabilities, target_index, names: list[str]) -> dict:
         }
     macro = {m: _mean(v[m] for v in per_class.values()) for m in ("auroc", "ap", "f1")}
     macro["accuracy"] = float((probabilities.argmax(1) == target_index).mean())
+    if bootstrap is not None:
+        intervals = multiclass_intervals(probabilities, target_index, n_classes, bootstrap)
+        _attach_intervals(per_class, macro, names, intervals)
     return {"macro": macro, "per_class": per_class, "excluded": excluded}
 
 
 def classification_metrics(scores, labels, names: list[str], multiclass: bool,
-                           valid_scores=None, valid_labels=None) -> dict:
+                           valid_scores=None, valid_labels=None, bootstrap: Bootstrap | None = None) -> dict:
     """The metrics of a classifier's test scores: top-1 and one-vs-rest for multi-class data; per
     finding, with F1 thresholds chosen on the validation scores when given, for multi-label data."""
     if multiclass:
-        return multiclass_metrics(scores, _as_numpy(labels).argmax(1), names)
+        return multiclass_metrics(scores, _as_numpy(labels).argmax(1), names, bootstrap)
     thresholds = None if valid_scores is None else f1_thresholds(valid_scores, valid_labels)
-    return multilabel_metrics(scores, labels, names, thresholds)
+    return multilabel_metrics(scores, labels, names, thresholds, bootstrap)
 
 
 # ---------------------------------------------------------------------------------------- retrieval
@@ -150,9 +212,15 @@ def retrieval_ranks(similarity: torch.Tensor, query_keys, gallery_keys, chunk: i
     return torch.cat(ranks)
 
 
-def recall_metrics(ranks: torch.Tensor, ks=(1, 5, 10)) -> dict:
+def recall_metrics(ranks: torch.Tensor, ks=(1, 5, 10), bootstrap: Bootstrap | None = None) -> dict:
+    """Recall@K (share of queries whose first correct item ranks within K), median and mean rank;
+    ``R@K_ci`` over queries with ``bootstrap``."""
     ranks = ranks.double()
     out = {f"R@{k}": float((ranks <= k).double().mean()) for k in ks}
+    if bootstrap is not None:
+        hits = (ranks.numpy()[:, None] <= np.asarray(ks)[None, :]).astype(np.float64)  # (n, K)
+        for k, interval in zip(ks, bootstrap_intervals(lambda h: h.mean(-2), [hits], bootstrap)):
+            out[f"R@{k}_ci"] = interval
     out["median_rank"] = float(np.median(ranks.numpy()))
     out["mean_rank"] = float(ranks.mean())
     return out
@@ -213,12 +281,17 @@ def detection_map(predictions: list[dict], targets: list[dict]) -> dict:
 def summarise_runs(runs: list[dict]) -> dict:
     """Mean, standard deviation (ddof=1; 0 for one run) and the values of every numeric leaf of the
     per-seed results, keeping their nesting: ``{"macro": {"auroc": {"mean", "std", "values"}}}``.
-    A value that is undefined in some runs is averaged over the runs where it is defined."""
-    def walk(items: list):
+    A value that is undefined in some runs is averaged over the runs where it is defined.
+
+    A bootstrap interval (``<metric>_ci``) describes one run's test set, not the spread over seeds: of a
+    single run it is kept as it is; of several, each run's interval is listed under ``values``."""
+    def walk(items: list, key: str = ""):
         first = next((x for x in items if x is not None), None)
+        if key.endswith("_ci"):
+            return items[0] if len(items) == 1 else {"values": items}
         if isinstance(first, dict):
             keys = list(dict.fromkeys(k for x in items if x for k in x))
-            return {k: walk([x.get(k) if x else None for x in items]) for k in keys}
+            return {k: walk([x.get(k) if x else None for x in items], k) for k in keys}
         if isinstance(first, bool) or not isinstance(first, (int, float)):
             return first
         values = [float(x) for x in items if x is not None]

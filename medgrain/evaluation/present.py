@@ -22,12 +22,27 @@ class Table:
     rows: list[list[Any]]
 
 
+def with_ci(metrics: dict[str, Any], key: str) -> Any:
+    """``metrics[key]`` with its bootstrap interval ``metrics[key + "_ci"]`` attached, when it has one:
+    ``{"mean": value, "ci": [low, high]}`` (a summary over seeds keeps its std)."""
+    value, ci = metrics.get(key), metrics.get(f"{key}_ci")
+    if value is None or not (isinstance(ci, list) and len(ci) == 2):
+        return value
+    return {**value, "ci": ci} if isinstance(value, dict) else {"mean": value, "ci": ci}
+
+
 def fmt(value: Any) -> str:
-    """A metric for a table: 3 decimals, ``mean ± std`` for summaries, ``-`` when undefined."""
+    """A metric for a table: 3 decimals, ``mean ± std`` for summaries, ``[low, high]`` after a value with
+    a 95% interval, ``-`` when undefined."""
     if value is None:
         return "-"
     if isinstance(value, dict) and "mean" in value:
-        return f"{value['mean']:.3f} ± {value['std']:.3f}"
+        text = f"{value['mean']:.3f}"
+        if value.get("std") is not None:
+            text += f" ± {value['std']:.3f}"
+        if value.get("ci"):
+            text += f" [{value['ci'][0]:.3f}, {value['ci'][1]:.3f}]"
+        return text
     if isinstance(value, float):
         return f"{value:.3f}"
     return str(value)
@@ -45,15 +60,15 @@ def print_tables(tables: list[Table]) -> None:
 
 def per_class_rows(metrics: dict[str, Any], names: list[str], columns: list[str]) -> list[list[Any]]:
     """Table rows: one per class, then the macro mean, for a ``multilabel_metrics``-shaped dict."""
-    rows = [[name, *(metrics["per_class"][name].get(c) for c in columns)] for name in names]
-    rows.append(["macro", *(metrics["macro"].get(c) for c in columns)])
+    rows = [[name, *(with_ci(metrics["per_class"][name], c) for c in columns)] for name in names]
+    rows.append(["macro", *(with_ci(metrics["macro"], c) for c in columns)])
     return rows
 
 
 def fraction_table(title: str, fractions: dict[str, Any], columns: list[str]) -> Table:
     """One row per label fraction: the training-set sizes and the macro metrics (mean ± std over seeds)."""
     return Table(title, ["labels", "n train", *columns],
-                 [[name, "/".join(map(str, sorted(set(f["n_train"])))), *(f["macro"].get(c) for c in columns)]
+                 [[name, "/".join(map(str, sorted(set(f["n_train"])))), *(with_ci(f["macro"], c) for c in columns)]
                   for name, f in fractions.items()])
 
 
@@ -78,7 +93,7 @@ def fraction_columns(metrics: dict[str, Any], names: tuple[tuple[str, str], ...]
     order = sorted(fractions, key=lambda f: -float(f.rstrip("%")))
     multiclass = metrics.get("task_type") == "multiclass"
     keys = ((("accuracy", "accuracy"),) if multiclass else ()) + tuple(names)
-    return {f"{label} {fraction}": fractions[fraction]["macro"].get(key)
+    return {f"{label} {fraction}": with_ci(fractions[fraction]["macro"], key)
             for key, label in keys for fraction in order if key in fractions[fraction].get("macro", {})}
 
 

@@ -48,9 +48,12 @@ class TaskSpec:
 
 
 def _numbers(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The plain numbers of a metrics dict (its ``macro`` dict when it has one)."""
+    """The plain numbers of a metrics dict (its ``macro`` dict when it has one), each with its interval."""
+    from medgrain.evaluation.present import with_ci
+
     values = metrics.get("macro", metrics)
-    return {k: v for k, v in values.items() if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))}
+    return {k: with_ci(values, k) for k, v in values.items()
+            if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))}
 
 
 def register_task(name: str, *, options: type[BaseModel], context: tuple[str, ...] = (), title: str | None = None,

@@ -18,7 +18,7 @@ from medgrain.evaluation.context import EvalContext
 from medgrain.evaluation.data import image_dataset, require_split
 from medgrain.evaluation.features import encode_texts, extract_features
 from medgrain.evaluation.metrics import recall_metrics, retrieval_ranks
-from medgrain.evaluation.present import Table
+from medgrain.evaluation.present import Table, with_ci
 from medgrain.evaluation.registry import evaluate, register_task
 from medgrain.evaluation.results import TaskResult
 
@@ -49,7 +49,7 @@ def retrieval_tables(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
         row = {}
         for direction, arrow in (("image_to_text", "i→t"), ("text_to_image", "t→i")):
             for key in ("R@1", "R@5", "R@10", "median_rank"):
-                row[f"{arrow} {key.replace('_', ' ')}"] = values.get(direction, {}).get(key)
+                row[f"{arrow} {key.replace('_', ' ')}"] = with_ci(values.get(direction, {}), key)
         tables[f"retrieval ({source})"] = row
     return tables
 
@@ -65,8 +65,8 @@ def retrieval_console(record: dict[str, Any]) -> list[Table]:
     queries = next(iter(by_text.values()))["queries"] if by_text else 0
     return [Table(f"retrieval on {record['options']['split']} ({queries} records): {record['data']}",
                   ["text", "distinct", *(f"i→t {c}" for c in columns), *(f"t→i {c}" for c in columns)],
-                  [[s, m["distinct_texts"], *(m["image_to_text"][c] for c in columns),
-                    *(m["text_to_image"][c] for c in columns)] for s, m in by_text.items()])]
+                  [[s, m["distinct_texts"], *(with_ci(m["image_to_text"], c) for c in columns),
+                    *(with_ci(m["text_to_image"], c) for c in columns)] for s, m in by_text.items()])]
 
 
 def _has_texts(ctx: EvalContext) -> str | None:
@@ -97,8 +97,8 @@ def retrieval_task(ctx: EvalContext, options: RetrievalOptions) -> TaskResult:
         keys = text_ids(texts)
         similarity = images @ encode_texts(ctx.encoder, texts).T
         by_text[source] = {
-            "image_to_text": recall_metrics(retrieval_ranks(similarity, keys, keys), KS),
-            "text_to_image": recall_metrics(retrieval_ranks(similarity.T, keys, keys), KS),
+            "image_to_text": recall_metrics(retrieval_ranks(similarity, keys, keys), KS, ctx.intervals),
+            "text_to_image": recall_metrics(retrieval_ranks(similarity.T, keys, keys), KS, ctx.intervals),
             "queries": len(texts),
             "distinct_texts": len(set(texts)),
         }

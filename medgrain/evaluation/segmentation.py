@@ -18,6 +18,7 @@ import copy
 import math
 from typing import ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,6 +28,7 @@ from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
 from medgrain.data.transforms import segmentation_train_transform
+from medgrain.evaluation.bootstrap import bootstrap_intervals
 from medgrain.evaluation.context import EvalContext
 from medgrain.evaluation.data import image_dataset, image_loader, require_split, subset
 from medgrain.evaluation.fitting import FrozenEncoder, fit_with_early_stopping
@@ -255,11 +257,8 @@ def segment_task(ctx: EvalContext, options: SegmentOptions) -> TaskResult:
                                       options.epochs, options.patience, options.lr, options.weight_decay,
                                       f"segment {fraction_name(fraction)} seed {seed}")
         dice, positive, _ = data.evaluate(segmenter, test_loader)
-        metrics = {"macro": {
-            "dice": float(dice.mean()),
-            "dice_positive": float(dice[positive].mean()) if positive.any() else None,
-            "dice_negative": float(dice[~positive].mean()) if (~positive).any() else None,
-        }, "images": len(dice), "positive_images": int(positive.sum())}
+        metrics = {"macro": dice_summary(dice.numpy(), positive.numpy(), ctx.intervals),
+                   "images": len(dice), "positive_images": int(positive.sum())}
         runs.append({"fraction": fraction, "seed": seed, "n_train": len(records), **fit, "metrics": metrics})
 
     result.metrics = {"fractions": by_fraction(runs)}
@@ -271,3 +270,22 @@ def segment_task(ctx: EvalContext, options: SegmentOptions) -> TaskResult:
 def segment(checkpoint: str, data, *, out=None, encoder=None, **kwargs) -> dict:
     """``evaluate("segment", ...)``: ``kwargs`` are the context's fields and ``SegmentOptions``'."""
     return evaluate("segment", checkpoint, data, out=out, encoder=encoder, **kwargs)
+
+
+def dice_summary(dice: np.ndarray, positive: np.ndarray, intervals=None) -> dict:
+    """Mean Dice over all test images, those with a mask and those without; with ``intervals`` (a
+    ``Bootstrap``) each gets ``<metric>_ci`` over images, stratified by positive/negative image."""
+    out = {
+        "dice": float(dice.mean()),
+        "dice_positive": float(dice[positive].mean()) if positive.any() else None,
+        "dice_negative": float(dice[~positive].mean()) if (~positive).any() else None,
+    }
+    if intervals is not None:
+        def statistic(d, p):
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return np.stack([d.mean(-1), (d * p).sum(-1) / p.sum(-1), (d * ~p).sum(-1) / (~p).sum(-1)], 1)
+
+        cis = bootstrap_intervals(statistic, [dice, positive.astype(bool)], intervals, positive.astype(int))
+        for key, ci in zip(("dice", "dice_positive", "dice_negative"), cis):
+            out[f"{key}_ci"] = ci if out[key] is not None else None
+    return out

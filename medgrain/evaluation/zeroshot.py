@@ -203,13 +203,13 @@ def zero_shot_task(ctx: EvalContext, options: ZeroShotOptions) -> TaskResult:
     for granularity in [*usable, ENSEMBLE]:
         if mode == "softmax":
             by_prompt[granularity] = multiclass_metrics(probabilities(test.features, granularity),
-                                                        test.labels.argmax(1), names)
+                                                        test.labels.argmax(1), names, ctx.intervals)
             continue
         thresholds = None
         if valid is not None:
             thresholds = f1_thresholds(probabilities(valid.features, granularity), valid.labels)
         by_prompt[granularity] = multilabel_metrics(probabilities(test.features, granularity), test.labels,
-                                                    names, thresholds)
+                                                    names, thresholds, ctx.intervals)
     headline = by_prompt[ENSEMBLE]
     if headline["excluded"]:
         result.warn(f"left out of the macro means (undefined on split '{split}'): {headline['excluded']}")

@@ -24,7 +24,8 @@ writes it; every key but ``methods`` is optional)::
     }
 
 A VALUE is a number, ``null`` (undefined, shown as "–"), or ``{"mean", "std"}`` with optionally ``n``
-(or ``values``), the number of seeds; ± is shown when there were several. A table's first column
+(or ``values``), the number of seeds; ± is shown when there were several. ``ci``: ``[low, high]``, the
+bootstrap 95% interval over test images of one evaluation, shown after the value. A table's first column
 is its headline, the number the summary compares. A column is lower-is-better when its name
 contains "rank", "loss" or "error", or is listed in ``lower_is_better``.
 
@@ -163,7 +164,9 @@ def format_value(value: Any, digits: int = 3) -> str:
         return "–"
     text = f"{m:.{digits}f}"
     s = spread_of(value)
-    return f"{text} ± {s:.{digits}f}" if s is not None else text
+    text = f"{text} ± {s:.{digits}f}" if s is not None else text
+    ci = value.get("ci") if isinstance(value, dict) else None
+    return f"{text} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else text
 
 
 def lower_is_better(column: str, extra: tuple[str, ...] | list[str] = ()) -> bool:
