@@ -288,6 +288,27 @@ def _cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_encode(a: argparse.Namespace) -> int:
+    from .export.encode import encode
+
+    print(f"wrote {encode(a.checkpoint, a.data, a.out, split=a.split, batch_size=a.batch_size, workers=a.workers, device=a.device)}")
+    return 0
+
+
+def _add_encode(sub) -> None:
+    p = sub.add_parser("encode", help="image and text embeddings of a manifest, as safetensors or Parquet",
+                       description="Batched, with progress; resumable: a rerun skips the records already written "
+                                   "(OUT.parts/ and OUT). Parquet needs pyarrow.")
+    p.add_argument("checkpoint", help="a medgrain checkpoint, open_clip:local-dir:DIR or an hf export")
+    p.add_argument("--data", required=True, type=Path, help="the manifest")
+    p.add_argument("--out", required=True, type=Path, help="FILE.safetensors or FILE.parquet")
+    p.add_argument("--split", choices=["train", "valid", "test"], help="one split (default: every record)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    p.set_defaults(func=_cmd_encode)
+
+
 def _add_export(sub) -> None:
     # --format is checked by medgrain.export's registry (importing the formats here would import torch)
     p = sub.add_parser("export", help="write a checkpoint for open_clip, Hugging Face transformers or LLaVA",
@@ -339,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_prepare(sub)
     _add_export(sub)
+    _add_encode(sub)
 
     p = sub.add_parser("demo", help="pretrain CLIP, MGLL, MGCA and MGCA+MGLL on synthetic data, evaluate, report",
                        description="Generates (or reuses) a synthetic dataset, pretrains every method with the same "
