@@ -84,7 +84,7 @@ def test_toy_task_in_the_cli_the_suite_and_the_report(toy, manifest, tmp_path, c
     assert record["metrics"]["macro"]["mean_score"] > 1  # embeddings are unit vectors: the shift dominates
     assert len(record["scores"]["ids"]) == record["splits"]["test"]
     assert "mean_score" in capsys.readouterr().out  # the default console table
-    assert cli.main([*args, "--seeds", "1"]) == 2  # an option the toy's registration does not take
+    assert cli.main([*args, "--seeds", "1"]) == 1  # a user error (status 1): an option the toy's registration does not take
     assert "--seeds" in capsys.readouterr().err
 
     run = tmp_path / "random"
