@@ -54,7 +54,9 @@ class Registry(Generic[T]):
     def add(self, name: str, obj: T, *, help: str = "", replace: bool = False, **meta: Any) -> None:
         if name in self._entries and not replace:
             raise ValueError(f"{self.kind} {name!r} is already registered")
-        if not help and getattr(obj, "__doc__", None):
+        # A class or function documents itself; an entry that is data (a dict of settings) has only its
+        # type's docstring, which says nothing about the entry.
+        if not help and callable(obj) and getattr(obj, "__doc__", None):
             help = obj.__doc__.strip().splitlines()[0]
         self._entries[name] = Entry(name, obj, help, dict(meta))
 
@@ -93,3 +95,29 @@ class Registry(Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {list(self._entries)})"
+
+
+class RegistryChoices:
+    """A registry's names as argparse ``choices``, looked up on first use.
+
+    The modules that fill a registry import torch, and building the command line's parser must not
+    (``medgrain --help`` stays instant): the registry ``module.attribute`` is imported only when a value
+    is checked or a subcommand's help is shown. Give the argument a ``metavar``, so that argparse does
+    not list the choices while the parser is built, and ``%(choices)s`` in its help to list them."""
+
+    def __init__(self, module: str, attribute: str):
+        self.module, self.attribute = module, attribute
+
+    def registry(self) -> Registry:
+        import importlib
+
+        return getattr(importlib.import_module(self.module), self.attribute)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.registry().names())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.registry()
+
+    def __len__(self) -> int:
+        return len(self.registry())

@@ -27,6 +27,7 @@ from medgrain.errors import CheckpointError, loading
 from medgrain.models.dual import DualEncoder
 from medgrain.models.image import create_image_tower
 from medgrain.models.text import create_text_tower, create_tokenizer, text_tower_from_config
+from medgrain.registry import Registry
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -111,7 +112,10 @@ class Pretrained(NamedTuple):
 # ---------------------------------------------------------------------------------------------------
 # Presets
 
-_MODEL_CONFIGS: dict[str, dict[str, Any]] = {}
+# Named model configs, timm-style: ``register_model`` adds one next to its definition below,
+# ``list_models`` lists them (the command line's ``--model`` choices come from here) and
+# ``get_model_config`` is the one place a name is resolved.
+MODEL_PRESETS: Registry[dict[str, Any]] = Registry("model preset")
 
 TINY_VIT = {"source": "timm", "name": "vit_tiny_patch16_224", "image_size": 64,
             "kwargs": {"patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2}}
@@ -126,43 +130,48 @@ def _validate(config: ModelConfig | dict[str, Any]) -> ModelConfig:
     return config if isinstance(config, ModelConfig) else ModelConfig.model_validate(config)
 
 
-def register_model(name: str, config: ModelConfig | dict[str, Any]) -> None:
+def register_model(name: str, config: ModelConfig | dict[str, Any], *, help: str = "") -> None:
     """Add (or replace) a named config; it is validated now, so a bad preset fails where it is defined."""
-    _MODEL_CONFIGS[name] = _validate(config).model_dump()
+    MODEL_PRESETS.add(name, _validate(config).model_dump(), help=help, replace=True)
 
 
-def list_models() -> list[str]:
-    return sorted(_MODEL_CONFIGS)
+def list_models(filter: str | None = None) -> list[str]:
+    """Preset names, sorted; ``filter`` is a shell-style pattern (``list_models("mgca*")``), as in timm."""
+    return sorted(MODEL_PRESETS.names(filter))
 
 
 def get_model_config(name: str) -> ModelConfig:
-    if name not in _MODEL_CONFIGS:
-        raise KeyError(f"unknown model {name!r}; known: {', '.join(list_models())}")
-    return ModelConfig.model_validate(copy.deepcopy(_MODEL_CONFIGS[name]))
+    """The preset ``name`` as a fresh ModelConfig; an unknown name is a ValueError listing the presets."""
+    return ModelConfig.model_validate(copy.deepcopy(MODEL_PRESETS.get(name)))
 
 
 # Tiny CPU presets. A ResNet-18 at 64 px and a random 2-layer BERT, mean-pooled: from random weights,
 # [CLS] pooling of a 2-layer BERT and a 2-layer ViT barely depend on their input, and contrastive training
 # on the synthetic data collapsed to uniform logits (loss ln N) in our runs; a CNN and mean pooling learn.
 TINY_CNN = {"source": "timm", "name": "resnet18", "image_size": 64}
-register_model("tiny", {"image": TINY_CNN, "text": TINY_BERT, "embed_dim": 64, "token_heads": True})
-register_model("tiny-mgca", {"image": TINY_CNN, "text": TINY_BERT, **MGCA_HEADS, "head_hidden": 128})
+register_model("tiny", {"image": TINY_CNN, "text": TINY_BERT, "embed_dim": 64, "token_heads": True},
+               help="ResNet-18 at 64 px and a random 2-layer BERT, for CPU tests and the demo")
+register_model("tiny-mgca", {"image": TINY_CNN, "text": TINY_BERT, **MGCA_HEADS, "head_hidden": 128},
+               help="tiny with MGCA's MLP and token heads")
 # A 2-layer ViT for the ViT code paths ([CLS] attention, patch tokens) in tests; it does not learn well
 # from scratch on small data.
-register_model("tiny-vit", {"image": TINY_VIT, "text": TINY_BERT, "embed_dim": 64, "token_heads": True})
+register_model("tiny-vit", {"image": TINY_VIT, "text": TINY_BERT, "embed_dim": 64, "token_heads": True},
+               help="a 2-layer ViT and a random 2-layer BERT, for the ViT code paths in tests")
 register_model("minilm-vit-small", {
     "image": {"source": "timm", "name": "vit_small_patch16_224", "image_size": 224},
     "text": {"name_or_path": "minilm", "max_length": 128},
     "embed_dim": 256, "token_heads": True,  # token heads too, so one preset serves CLIP, MGLL and MGCA
-})
+}, help="ViT-S/16 and the bundled MiniLM, with token heads: one preset for every objective")
 # Real pretrained towers that work offline, at a CPU budget where the methods learn and MGCA's token
 # alignment has an 8x8 grid to align (EfficientNet-Lite0's stride-16 stage at 128 px): ImageNet
 # EfficientNet-Lite0 (medgrain.models.bundled) and MiniLM-L6. Issue 16's ablations run on these.
 EFFNET_LITE0 = {"source": "timm", "name": "tf_efficientnet_lite0", "pretrained": "bundled:efficientnet-lite0",
                 "image_size": 128}
 MINILM = {"name_or_path": "minilm", "max_length": 128}
-register_model("effnet-minilm", {"image": EFFNET_LITE0, "text": MINILM, "embed_dim": 128, "token_heads": True})
-register_model("effnet-minilm-mgca", {"image": EFFNET_LITE0, "text": MINILM, **MGCA_HEADS, "head_hidden": 512})
+register_model("effnet-minilm", {"image": EFFNET_LITE0, "text": MINILM, "embed_dim": 128, "token_heads": True},
+               help="ImageNet EfficientNet-Lite0 at 128 px and MiniLM-L6, pretrained and offline, with token heads")
+register_model("effnet-minilm-mgca", {"image": EFFNET_LITE0, "text": MINILM, **MGCA_HEADS, "head_hidden": 512},
+               help="effnet-minilm with MGCA's MLP and token heads")
 # MGLL: OpenAI CLIP ViT-L/14 (with the QuickGELU it was trained with) and Bio_ClinicalBERT, 768-d.
 # The image embedding is CLIP's own projection (no head on top, as in MGLL's code); the text gets a
 # bias-free linear head (FLAIR's projection). MGLL's BERT wrapper (FLAIR's) averages layers 1, 2 and the last, then all
@@ -172,18 +181,18 @@ register_model("mgll-paper", {
     "image": {"source": "open_clip", "name": "ViT-L-14-quickgelu", "pretrained": "openai", "image_size": 224},
     "text": {"name_or_path": BIO_CLINICAL_BERT, "pooling": "flair-masked", "max_length": 77},
     "embed_dim": 768, "head": "linear", "image_head": "identity",
-})
+}, help="MGLL's paper: OpenAI CLIP ViT-L/14 and Bio_ClinicalBERT, 768-d")
 # MGCA: DeiT-B/16 from ImageNet-1k, the first 6 layers of Bio_ClinicalBERT, MLP heads 2048 -> 128.
 register_model("mgca-vit-paper", {
     "image": {"source": "timm", "name": "deit_base_patch16_224", "pretrained": "fb_in1k", "image_size": 224},
     "text": MGCA_TEXT, **MGCA_HEADS, "preprocess": HALF_STATS,
-})
+}, help="MGCA's paper: DeiT-B/16 (ImageNet-1k) and 6 layers of Bio_ClinicalBERT, 128-d")
 # MGCA's ResNet-50 (torchvision's IMAGENET1K_V2 weights are timm's tv2_in1k). The paper upsamples
 # 224 -> 299 inside the encoder for a 19x19 layer3 grid; here images are prepared at 299 directly.
 register_model("mgca-resnet50-paper", {
     "image": {"source": "timm", "name": "resnet50", "pretrained": "tv2_in1k", "image_size": 299},
     "text": MGCA_TEXT, **MGCA_HEADS, "preprocess": HALF_STATS,
-})
+}, help="MGCA's paper: ResNet-50 (torchvision ImageNet weights) at 299 px and 6 layers of Bio_ClinicalBERT")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -271,6 +280,28 @@ def create_model(name_or_config: str | ModelConfig | dict[str, Any], **overrides
 # A preset name "<source>:<ref>" builds the model from another library's checkpoint: the source's
 # function (imported when first used, so the factory does not import it) returns an Imported.
 MODEL_SOURCES = {"open_clip": "medgrain.export.openclip:import_open_clip", "hf": "medgrain.export.hf:import_hf"}
+
+
+class ModelNames:
+    """What ``create_model`` takes by name: a preset, or ``"<source>:<ref>"`` for a source of MODEL_SOURCES.
+    The config's ``model.preset`` and the command line's ``--model`` check names against it."""
+
+    def names(self) -> list[str]:
+        return [*MODEL_PRESETS.names(), *(f"{source}:<ref>" for source in MODEL_SOURCES)]
+
+    def __contains__(self, name: object) -> bool:
+        return name in MODEL_PRESETS or (isinstance(name, str) and name.partition(":")[0] in MODEL_SOURCES)
+
+    def __len__(self) -> int:
+        return len(self.names())
+
+    def check(self, name: str) -> str:
+        if name not in self:
+            raise ValueError(f"unknown model preset {name!r}; known: {', '.join(self.names())}")
+        return name
+
+
+MODEL_NAMES = ModelNames()
 
 
 class Imported(NamedTuple):

@@ -97,8 +97,18 @@ class DataConfig(_Strict):
 
 
 class ModelSection(_Strict):
-    preset: str = "tiny"
+    preset: str = "tiny"  # a name in medgrain.models.list_models(), or "open_clip:<ref>"
     overrides: dict[str, Any] = {}  # fields of medgrain.models.ModelConfig, merged into the preset
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, preset: str) -> str:
+        from ..models.factory import MODEL_NAMES
+
+        try:
+            return MODEL_NAMES.check(preset)
+        except ValueError as e:
+            raise PydanticCustomError("unknown_model_preset", "{error}", {"error": str(e)}) from None
 
 
 def _objective_sections() -> dict[str, type[BaseModel]]:

@@ -7,6 +7,9 @@ label counts, and everything dropped by design or skipped as bad input.
 
 Every preparer takes ``seed`` (0), ``on_error`` ("raise" or "skip"), ``exclude`` (manifests whose
 images must not appear in this one) and ``leak_threshold`` (pHash bits, see ``medgrain.data.leakage``).
+
+A new dataset is one module here whose ``prepare_<dataset>`` function registers itself with
+``@PREPARERS.register("<name>", help=...)``, imported below; ``medgrain prepare`` lists it from the registry.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 from .chestxray14 import prepare_chestxray14
 from .chexpert import prepare_chexpert
 from .chexpert_test import prepare_chexpert_test
-from .common import PrepareError, PrepareResult
+from .common import PREPARERS, PrepareError, PrepareResult
 from .covidx import prepare_covidx
 from .five_by_200 import prepare_chexpert_5x200, prepare_mimic_5x200
 from .mgll_fundus import prepare_mgll_fundus
@@ -32,29 +35,10 @@ from .rsna import prepare_rsna
 from .siim import prepare_siim
 from .vindr_cxr import prepare_vindr_cxr
 
-PREPARERS: dict[str, Callable[..., PrepareResult]] = {
-    "mimic-cxr": prepare_mimic_cxr,
-    "chexpert": prepare_chexpert,
-    "rsna-pneumonia": prepare_rsna,
-    "covidx": prepare_covidx,
-    "siim-pneumothorax": prepare_siim,
-    "chestxray14": prepare_chestxray14,
-    "mgll-fundus": prepare_mgll_fundus,
-    "rfmid": prepare_rfmid,
-    "openi": prepare_openi,
-    "chexpert-5x200": prepare_chexpert_5x200,
-    "mimic-5x200": prepare_mimic_5x200,
-    "chexpert-test": prepare_chexpert_test,
-    "padchest": prepare_padchest,
-    "vindr-cxr": prepare_vindr_cxr,
-    "ms-cxr": prepare_ms_cxr,
-}
-
 
 def preparer(name: str) -> Callable[..., PrepareResult]:
-    if name not in PREPARERS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(PREPARERS)}")
-    return PREPARERS[name]
+    """The adapter registered as ``name`` (``PREPARERS``); an unknown name lists the registered ones."""
+    return PREPARERS.get(name)
 
 
 def options(name: str) -> dict[str, Any]:

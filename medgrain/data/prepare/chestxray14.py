@@ -21,6 +21,7 @@ from pathlib import Path
 from ..manifest import Record
 from .common import (
     NO_FINDING,
+    PREPARERS,
     Preparation,
     PrepareError,
     PrepareResult,
@@ -84,6 +85,7 @@ def _box(row: Row, labels: list[str]) -> dict:
     return {"name": finding_name(label), "box": (x, y, x + w, y + h)}
 
 
+@PREPARERS.register("chestxray14", help="NIH ChestX-ray14: chest radiographs with 14 findings and some boxes")
 def prepare_chestxray14(root: str | Path, out: str | Path, *, valid_fraction: float = 0.1, seed: int = 0,
                         on_error: str = "raise", exclude: Sequence[str | Path] = (),
                         leak_threshold: int | None = None) -> PrepareResult:

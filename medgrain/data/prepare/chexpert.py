@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from ..manifest import Record
 from .common import (
     NO_FINDING,
+    PREPARERS,
     Preparation,
     PrepareError,
     PrepareResult,
@@ -78,6 +79,7 @@ def _image_parts(row: Row) -> tuple[str, ...]:
     return parts
 
 
+@PREPARERS.register("chexpert", help="CheXpert: chest radiographs with 14 labeler findings")
 def prepare_chexpert(root: str | Path, out: str | Path, *, uncertain: str = "mgca", valid_fraction: float = 0.05,
                      seed: int = 0, on_error: str = "raise", exclude: Sequence[str | Path] = (),
                      leak_threshold: int | None = None) -> PrepareResult:

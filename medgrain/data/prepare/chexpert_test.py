@@ -21,6 +21,7 @@ from pathlib import Path
 from .chexpert import OBSERVATIONS, _image_parts
 from .common import (
     NO_FINDING,
+    PREPARERS,
     Preparation,
     PrepareError,
     PrepareResult,
@@ -35,6 +36,7 @@ from .common import (
 CONSENSUS_VALUES = {"1": True, "1.0": True, "0": False, "0.0": False}
 
 
+@PREPARERS.register("chexpert-test", help="CheXpert's radiologist-labelled test set (test-only manifest)")
 def prepare_chexpert_test(root: str | Path, out: str | Path, *, labels_csv: str | Path | None = None,
                           seed: int = 0, on_error: str = "raise", exclude: Sequence[str | Path] = (),
                           leak_threshold: int | None = None) -> PrepareResult:

@@ -22,12 +22,17 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import user_error
+from ...registry import Registry
 from ..manifest import SPLITS, ManifestError, OnError, Record, not_utf8_message, parse_record, write_manifest
 
 log = logging.getLogger(__name__)
 
 NORMAL, ABNORMAL = "Normal", "Abnormal"
 NO_FINDING = "No Finding"
+
+# The dataset adapters: each module registers its ``prepare_<dataset>`` function under the dataset's name
+# (``medgrain prepare <name>``); the command line's choices and help come from here.
+PREPARERS: Registry = Registry("dataset")
 
 
 @user_error

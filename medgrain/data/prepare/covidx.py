@@ -19,6 +19,7 @@ from ..manifest import Record
 from .common import (
     ABNORMAL,
     NORMAL,
+    PREPARERS,
     Preparation,
     PrepareError,
     PrepareResult,
@@ -42,6 +43,7 @@ def _label_file(root: Path, given: str | Path | None, split: str) -> Path:
     return find_file(root, [f"{split}_COVIDx*.txt", f"{split}.txt"], f"COVIDx {split} label file")
 
 
+@PREPARERS.register("covidx", help="COVIDx: COVID-Net's chest X-ray collection (COVID-19, pneumonia, normal)")
 def prepare_covidx(root: str | Path, out: str | Path, *, train_file: str | Path | None = None,
                    test_file: str | Path | None = None, valid_fraction: float = 0.2, seed: int = 0,
                    on_error: str = "raise", exclude: Sequence[str | Path] = (),

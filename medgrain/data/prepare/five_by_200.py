@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..manifest import Record, read_manifest, write_manifest
-from .common import Preparation, PrepareError, PrepareResult, read_csv
+from .common import PREPARERS, Preparation, PrepareError, PrepareResult, read_csv
 
 CLASSES = ("Atelectasis", "Cardiomegaly", "Edema", "Pleural Effusion", "Consolidation")
 PER_CLASS = 200
@@ -132,6 +132,7 @@ def _moved(record: Record, manifest, out: Path) -> Record:
     return record.model_copy(update={"image": rel(record.image), "findings": findings})
 
 
+@PREPARERS.register("chexpert-5x200", help="CheXpert 5x200 (GLoRIA): 200 images for each of five findings")
 def prepare_chexpert_5x200(root: str | Path | None, out: str | Path, *, manifest: str | Path | None = None,
                            ids: str | Path | None = None, pretrain: str | Path | None = None,
                            pretrain_out: str | Path | None = None, seed: int = 0, on_error: str = "raise",
@@ -141,6 +142,7 @@ def prepare_chexpert_5x200(root: str | Path | None, out: str | Path, *, manifest
                                leak_threshold)
 
 
+@PREPARERS.register("mimic-5x200", help="MIMIC 5x200 (GLoRIA): 200 images for each of five findings")
 def prepare_mimic_5x200(root: str | Path | None, out: str | Path, *, manifest: str | Path | None = None,
                         ids: str | Path | None = None, pretrain: str | Path | None = None,
                         pretrain_out: str | Path | None = None, seed: int = 0, on_error: str = "raise",

@@ -30,6 +30,7 @@ from ..manifest import Record
 from .common import (
     ABNORMAL,
     NORMAL,
+    PREPARERS,
     Preparation,
     PrepareError,
     PrepareResult,
@@ -109,6 +110,7 @@ def _unique(values) -> list[str]:
     return list(dict.fromkeys(values))
 
 
+@PREPARERS.register("mgll-fundus", help="MGLL-Fundus: the MGLL authors' released fundus image-text manifest")
 def prepare_mgll_fundus(root: str | Path, out: str | Path, *, manifest: str | Path | None = None,
                         flatten: bool = False, valid_fraction: float = 0.1, seed: int = 0, on_error: str = "raise",
                         exclude: Sequence[str | Path] = (), leak_threshold: int | None = None) -> PrepareResult:

@@ -19,6 +19,7 @@ from pathlib import Path
 from ..manifest import Record
 from .chexpert import OBSERVATIONS, labeler_findings, uncertain_policy
 from .common import (
+    PREPARERS,
     Preparation,
     PrepareError,
     PrepareResult,
@@ -94,6 +95,8 @@ def _cached(cache: dict, key, compute, *args):
     return cache[key]
 
 
+@PREPARERS.register("mimic-cxr",
+                    help="MIMIC-CXR-JPG: chest radiographs with free-text reports and CheXpert-labeler findings")
 def prepare_mimic_cxr(root: str | Path, out: str | Path, *, reports: str | Path | None = None,
                       uncertain: str = "negative", on_error: str = "raise", exclude: Sequence[str | Path] = (),
                       leak_threshold: int | None = None, seed: int = 0) -> PrepareResult:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..manifest import Record, read_manifest
 from .common import (
+    PREPARERS,
     Preparation,
     PrepareError,
     PrepareResult,
@@ -74,6 +75,7 @@ def _json_boxes(path: Path) -> list[tuple[Row, dict]]:
     return out
 
 
+@PREPARERS.register("ms-cxr", help="MS-CXR: phrase-grounding boxes over a prepared MIMIC-CXR")
 def prepare_ms_cxr(root: str | Path, out: str | Path, *, manifest: str | Path | None = None, seed: int = 0,
                    on_error: str = "raise", exclude: Sequence[str | Path] = (),
                    leak_threshold: int | None = None) -> PrepareResult:

@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ..manifest import Record
-from .common import NORMAL, Preparation, PrepareError, PrepareResult, require_dir, split_by_patient
+from .common import NORMAL, PREPARERS, Preparation, PrepareError, PrepareResult, require_dir, split_by_patient
 
 DEGREE_WORDS = frozenset({"mild", "moderate", "severe", "small", "large", "borderline", "multiple"})
 REPORT_ARCHIVE = "torchxrayvision/data/NLMCXR_reports.tgz"
@@ -109,6 +109,8 @@ def _find_image(images: Path, image_id: str) -> Path | None:
     return next((p for p in (images / f"{image_id}.png", images / f"{image_id}.jpg") if p.is_file()), None)
 
 
+@PREPARERS.register("openi",
+                    help="OpenI (Indiana University): chest radiograph reports, with images if present")
 def prepare_openi(root: str | Path | None, out: str | Path, *, from_torchxrayvision: bool = False,
                   images: str | Path | None = None, text_only: bool = False, valid_fraction: float = 0.1,
                   test_fraction: float = 0.1, seed: int = 0, on_error: str = "raise",

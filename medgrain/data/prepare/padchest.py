@@ -30,6 +30,7 @@ from .common import (
     ABNORMAL,
     NO_FINDING,
     NORMAL,
+    PREPARERS,
     Preparation,
     PrepareError,
     PrepareResult,
@@ -82,6 +83,7 @@ def padchest_texts(row: Row) -> tuple[list[str], dict[str, str], bool]:
     return labels, texts, "exclude" in raw
 
 
+@PREPARERS.register("padchest", help="PadChest: chest radiographs with labels from Spanish reports")
 def prepare_padchest(root: str | Path, out: str | Path, *, labels_csv: str | Path | None = None,
                      physician_only: bool = False, valid_fraction: float = 0.1, test_fraction: float = 0.2,
                      seed: int = 0, on_error: str = "raise", exclude: Sequence[str | Path] = (),

@@ -21,6 +21,7 @@ from ..manifest import Record
 from .common import (
     ABNORMAL,
     NORMAL,
+    PREPARERS,
     Preparation,
     PrepareError,
     PrepareResult,
@@ -57,6 +58,8 @@ def _header(path: Path) -> list[str]:
         return [h.strip() for h in next(csv.reader(f), [])]
 
 
+@PREPARERS.register("rfmid",
+                    help="RFMiD (RIADD challenge): fundus photographs with multi-disease labels, official splits")
 def prepare_rfmid(root: str | Path, out: str | Path, *, seed: int = 0, on_error: str = "raise",
                   exclude: Sequence[str | Path] = (), leak_threshold: int | None = None) -> PrepareResult:
     """RFMiD -> manifest. ``seed`` is accepted for a uniform signature; the official splits are kept."""

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..manifest import Record
 from .common import (
+    PREPARERS,
     Preparation,
     PrepareError,
     PrepareResult,
@@ -51,6 +52,7 @@ def _box(row: Row) -> tuple[float, float, float, float] | None:
     return (x, y, x + w, y + h)
 
 
+@PREPARERS.register("rsna-pneumonia", help="RSNA Pneumonia Detection: chest radiographs with pneumonia boxes")
 def prepare_rsna(root: str | Path, out: str | Path, *, valid_fraction: float = 0.15, test_fraction: float = 0.15,
                  seed: int = 0, on_error: str = "raise", exclude: Sequence[str | Path] = (),
                  leak_threshold: int | None = None) -> PrepareResult:

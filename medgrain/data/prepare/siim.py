@@ -22,6 +22,7 @@ import numpy as np
 
 from ..manifest import Record
 from .common import (
+    PREPARERS,
     Preparation,
     PrepareError,
     PrepareResult,
@@ -66,6 +67,8 @@ def _write_mask(mask: np.ndarray, path: Path) -> None:
     Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(path)
 
 
+@PREPARERS.register("siim-pneumothorax",
+                    help="SIIM-ACR Pneumothorax: chest radiographs with pneumothorax masks")
 def prepare_siim(root: str | Path, out: str | Path, *, valid_fraction: float = 0.15, test_fraction: float = 0.15,
                  seed: int = 0, on_error: str = "raise", exclude: Sequence[str | Path] = (),
                  leak_threshold: int | None = None) -> PrepareResult:

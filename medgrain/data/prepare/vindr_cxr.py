@@ -33,6 +33,7 @@ from pathlib import Path
 
 from ..manifest import Record
 from .common import (
+    PREPARERS,
     Preparation,
     PrepareError,
     PrepareResult,
@@ -157,6 +158,7 @@ def _scaled(findings: list[dict], image: Path, original: tuple[float, float] | N
             for f in findings]
 
 
+@PREPARERS.register("vindr-cxr", help="VinDr-CXR: chest radiographs with radiologists' boxes")
 def prepare_vindr_cxr(root: str | Path, out: str | Path, *, min_readers: int = 1, labels_csv: str | Path | None = None,
                       valid_fraction: float = 0.1,
                       test_fraction: float = 0.2, seed: int = 0, on_error: str = "raise",
