@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from .registry import RegistryChoices
+
 
 def _cmd_synth(a: argparse.Namespace) -> int:
     from .data.info import format_summary, summarize
@@ -33,7 +35,9 @@ def _cmd_pretrain(a: argparse.Namespace) -> int:
     from .training.config import load_config
     from .training.loop import train
 
-    cfg = load_config(a.config, a.overrides)
+    shorthands = (("objective.name", a.objective), ("model.preset", a.model))
+    chosen = [f"{key}={value}" for key, value in shorthands if value]
+    cfg = load_config(a.config, chosen + a.overrides)
     result = train(cfg, resume=a.resume)
     print(f"last checkpoint: {result.last_checkpoint}")
     if result.best_checkpoint:
@@ -56,7 +60,7 @@ def _add_prepare(sub) -> None:
     p = sub.add_parser("prepare", help="turn a public dataset, as distributed, into a manifest",
                        description="See docs/datasets.md for where to get each dataset and what comes out. "
                                    "Options a dataset does not take are refused.")
-    p.add_argument("dataset", choices=PREPARE_DATASETS)
+    p.add_argument("dataset", choices=DATASETS, metavar="DATASET", help="one of: %(choices)s")
     p.add_argument("--root", type=Path, default=None, help="the dataset's folder as downloaded")
     p.add_argument("--out", type=Path, required=True, help="manifest.jsonl to write")
     opt = dict(default=SUPPRESS)
@@ -213,11 +217,11 @@ EVALUATE_DESCRIPTION = ("Each task writes JSON with its options, split sizes, me
                         "prints a table. `medgrain evaluate TASK --help` lists a task's options. "
                         "See docs/evaluation.md.")
 
-# Kept here so that building the parser imports nothing heavy; tests/test_cli.py checks it against
-# the registry (medgrain.data.prepare.PREPARERS).
-PREPARE_DATASETS = ("chestxray14", "chexpert", "chexpert-5x200", "chexpert-test", "covidx", "mgll-fundus",
-                    "mimic-5x200", "mimic-cxr", "ms-cxr", "openi", "padchest", "rfmid", "rsna-pneumonia",
-                    "siim-pneumothorax", "vindr-cxr")
+# The registries' names, read when an argument is checked or help is shown (building the parser imports
+# nothing heavy): a new objective, dataset adapter or model preset appears here with no edit.
+OBJECTIVES = RegistryChoices("medgrain.losses.objective", "OBJECTIVES")
+DATASETS = RegistryChoices("medgrain.data.prepare", "PREPARERS")
+MODELS = RegistryChoices("medgrain.models.factory", "MODEL_NAMES")
 
 
 def _add_evaluate(sub) -> None:
@@ -277,7 +281,8 @@ def _add_ablate(sub) -> None:
 def _cmd_demo(a: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(a.domain, quick=a.quick, out=a.out, epochs=a.epochs, n=a.n, seed=a.seed, device=a.device)
+    run_demo(a.domain, quick=a.quick, out=a.out, epochs=a.epochs, n=a.n, seed=a.seed, device=a.device,
+             methods=tuple(a.methods) if a.methods else None)
     return 0
 
 
@@ -322,9 +327,13 @@ def _add_export(sub) -> None:
 
 
 def _add_pretrain(sub) -> None:
-    p = sub.add_parser("pretrain", help="pretrain a dual encoder (clip, mgll, mgca, mgca+mgll) from a YAML config",
+    p = sub.add_parser("pretrain", help="pretrain a dual encoder (CLIP, MGLL, MGCA, ...) from a YAML config",
                        description="Also runs under torchrun: torchrun --nproc_per_node N -m medgrain pretrain ...")
     p.add_argument("--config", required=True, help="YAML file, or the name of a preset in configs/")
+    p.add_argument("--objective", choices=OBJECTIVES, metavar="NAME",
+                   help="the objective, instead of the config's objective.name: %(choices)s")
+    p.add_argument("--model", choices=MODELS, metavar="PRESET",
+                   help="the model preset, instead of the config's model.preset: %(choices)s")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoints/last")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=3e-4")
     p.set_defaults(func=_cmd_pretrain)
@@ -362,10 +371,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_encode(sub)
 
-    p = sub.add_parser("demo", help="pretrain CLIP, MGLL, MGCA and MGCA+MGLL on synthetic data, evaluate, report",
-                       description="Generates (or reuses) a synthetic dataset, pretrains every method with the same "
-                                   "budget, evaluates each next to a random baseline, and writes OUT/results.json "
-                                   "and OUT/report.html.")
+    p = sub.add_parser("demo", help="pretrain every objective on synthetic data, evaluate, report",
+                       description="Generates (or reuses) a synthetic dataset, pretrains every method (objective) "
+                                   "with the same budget, evaluates each next to a random baseline, and writes "
+                                   "OUT/results.json and OUT/report.html.")
+    p.add_argument("--methods", nargs="+", choices=OBJECTIVES, metavar="NAME",
+                   help="the objectives to compare (default: all of them): %(choices)s")
     p.add_argument("--domain", default="cxr", choices=["cxr", "fundus"])
     p.add_argument("--quick", action="store_true", help="a small budget (about 3 minutes on 2 CPU cores)")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))

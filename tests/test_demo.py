@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from medgrain.demo import METHODS, run_demo
+from medgrain.demo import run_demo
+from medgrain.losses.objective import OBJECTIVES
 from medgrain.report.browser import check_in_browser, find_chromium
 
 TASK_TABLES = ("zero-shot", "retrieval (report)", "linear probe", "segmentation")
@@ -21,13 +22,13 @@ def demo(tmp_path_factory):
 def test_quick_demo_writes_every_method_and_task(demo):
     out, results = demo
     on_disk = json.loads((out / "results.json").read_text())
-    assert on_disk["methods"].keys() == results["methods"].keys() == {*METHODS, "random"}
+    assert on_disk["methods"].keys() == results["methods"].keys() == {*OBJECTIVES.names(), "random"}
     for method, entry in on_disk["methods"].items():
         for table in TASK_TABLES:
             assert table in entry["metrics"], (method, table, sorted(entry["metrics"]))
             values = [v for v in entry["metrics"][table].values() if v is not None]
             assert values, (method, table)
-    for method in METHODS:
+    for method in OBJECTIVES.names():
         run = out / method.replace("+", "-")
         assert (run / "run.yaml").is_file() and (run / "metrics.jsonl").is_file()
         assert (run / "eval" / "all.json").is_file()
@@ -45,7 +46,7 @@ def test_quick_demo_report_opens_in_chromium_with_every_figure(demo):
     assert set(page["sections"]) >= {"summary", "comparison", "curves", "roc", "attention", "embeddings",
                                      "samples", "configs"}
     figures = set(page["figures"])
-    for method in METHODS:
+    for method in OBJECTIVES.names():
         assert f"curves-{method.replace('+', '-')}" in figures, figures
     assert any(f.startswith("attention-") for f in figures), figures
     assert "embeddings-map" in figures and any(f.startswith("roc-") for f in figures)

@@ -23,14 +23,16 @@ from rich.console import Console
 
 from medgrain.report import gather, plots
 from medgrain.report.results import (
-    MGCA_OBJECTIVES,
+    aligns_tokens,
     collect_results,
     comparison_tables,
     format_value,
     load_results,
+    method_help,
     method_rank,
     read_runs,
     summary,
+    token_objectives,
     validate_results,
 )
 
@@ -77,6 +79,7 @@ figcaption { color: var(--muted); font-size: 13px; margin-top: 6px; max-width: 9
 .card { border: 1px solid var(--rule); border-radius: 6px; padding: 12px; display: grid;
   grid-template-columns: 128px 1fr; gap: 12px; font-size: 13px; }
 .card img { width: 128px; height: 128px; object-fit: contain; background: #000; border-radius: 3px; }
+dl.methods dt { font-weight: 600; } dl.methods dd { margin: 0 0 6px 18px; color: var(--muted); }
 .card dl { margin: 0; } .card dt { color: var(--muted); font-size: 11.5px; text-transform: uppercase;
   letter-spacing: .04em; margin-top: 4px; } .card dd { margin: 0; }
 .report { grid-column: 1 / -1; color: #333; font-size: 12.5px; background: #fafbfc; padding: 8px; border-radius: 4px; }
@@ -142,6 +145,10 @@ def comparison_section(results: dict[str, Any], colours: dict[str, str]) -> str:
     if not parts:
         return section("comparison", "Comparison", missing("comparison tables", "no evaluation results were found: "
                                                            "pass --results or evaluate into RUN_DIR/eval/"))
+    described = [(m, method_help(m)) for m in results["methods"] if method_help(m)]
+    if described:
+        parts.append('<dl class="methods" id="methods">' +
+                     "".join(f"<dt>{_e(m)}</dt><dd>{_e(h)}</dd>" for m, h in described) + "</dl>")
     intro = ("Every method on every metric, one table per task. The best value of each column is marked "
              "(&#9650;, shaded); ± is the standard deviation over seeds where there were several. "
              "The first column of each table is the headline the summary compares.")
@@ -212,7 +219,8 @@ def attention_section(examples: dict[str, list], reasons: list[str]) -> str:
                                 "Each panel is one word's attention over the image patches, on its own colour scale."))
     for reason in reasons:
         parts.append(missing("attention maps", reason))
-    intro = ("For MGCA-type models (objective mgca or mgca+mgll): each word's attention over the image, "
+    intro = (f"For models whose objective aligns words with image regions ({' or '.join(token_objectives())}): "
+             "each word's attention over the image, "
              "softmax(word · patch / 0.1) over the patch grid from the token heads, as MGCA's token-level "
              "alignment computes it. The words shown are the report's words that also name the record's findings "
              "(in its shorter texts) first, then other content words; function words and section names are left out.")
@@ -339,8 +347,8 @@ def compute_views(runs, manifest, cache_dir, notes: list[str], attention_records
         reason = "no manifest: pass --data MANIFEST"
         views.points_missing, views.attention_missing = [reason], [reason]
         return views
-    if not any(r.is_mgca for r in runs):
-        views.attention_missing.append("no run's objective is mgca or mgca+mgll")
+    if not any(r.aligns_tokens for r in runs):
+        views.attention_missing.append(f"no run's objective is {' or '.join(token_objectives())}")
     records = gather.example_records(manifest, attention_records, with_normal=False)
 
     def attempt(what: str, missing: list[str], compute, *args):
@@ -360,7 +368,7 @@ def compute_views(runs, manifest, cache_dir, notes: list[str], attention_records
                      gather.embedding_points, encoder, manifest, cache_dir)
         if xy is not None:
             views.points[source.name] = xy
-        if source.objective in MGCA_OBJECTIVES:
+        if aligns_tokens(source.objective):
             examples = attempt(f"attention maps of {source.name}", views.attention_missing,
                                gather.attention_examples, encoder, manifest, records)
             if examples is not None:

@@ -4,6 +4,7 @@ registry is touched) and returned as PNG bytes. Every method keeps one colour in
 from __future__ import annotations
 
 import io
+import itertools
 from collections import Counter
 
 import numpy as np
@@ -13,9 +14,11 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from medgrain.report.gather import Scores
 from medgrain.report.results import Run
 
-KNOWN_COLOURS = {"clip": "#4C72B0", "mgll": "#DD8452", "mgca": "#55A868", "mgca+mgll": "#C44E52",
-                 "random": "#8C8C8C", "imagenet": "#937860"}
-SPARE_COLOURS = ("#8172B3", "#DA8BC3", "#CCB974", "#64B5CD", "#2F4B7C", "#A05195")
+BASELINE_COLOURS = {"random": "#8C8C8C", "imagenet": "#937860"}
+# The objectives take these in the registry's order (clip, mgll, mgca, mgca+mgll, then any added one);
+# a method that is neither a baseline nor a registered objective takes the next one left.
+PALETTE = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#DA8BC3", "#CCB974", "#64B5CD", "#2F4B7C",
+           "#A05195")
 # Columns of metrics.jsonl that are not loss parts.
 NOT_LOSSES = {"split", "step", "epoch", "lr", "grad_norm", "logit_scale", "samples_per_s", "time", "records",
               "message", "skipped_steps", "skipped_records"}
@@ -23,10 +26,16 @@ DPI = 100
 
 
 def method_colours(names: list[str]) -> dict[str, str]:
-    colours, spare = {}, iter(SPARE_COLOURS * 4)
+    """One colour per method, the same in every figure and every report."""
+    from medgrain.losses.objective import OBJECTIVES
+
+    objectives = OBJECTIVES.names()
+    known = {**BASELINE_COLOURS, **{name: PALETTE[i % len(PALETTE)] for i, name in enumerate(objectives)}}
+    spare = itertools.cycle(PALETTE[len(objectives):] or PALETTE)
+    colours = {}
     for name in names:
         base = name.split(" ")[0]
-        colours[name] = KNOWN_COLOURS.get(base) or next(spare)
+        colours[name] = known.get(base) or next(spare)
     return colours
 
 

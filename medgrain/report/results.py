@@ -47,11 +47,46 @@ import numpy as np
 import yaml
 
 BASELINES = ("random", "imagenet")
-MGCA_OBJECTIVES = ("mgca", "mgca+mgll")
-METHOD_ORDER = ("random", "imagenet", "clip", "mgll", "mgca", "mgca+mgll")
 LOWER_IS_BETTER_WORDS = ("rank", "loss", "error")
-# The claims a comparison of these methods is about: (method, the method it should beat).
-CLAIMS = (("mgll", "clip"), ("mgca", "clip"), ("mgca+mgll", "mgca"), ("mgca+mgll", "mgll"))
+
+
+# ------------------------------------------------------------------------------------ methods
+# A method is a baseline or a registered objective (medgrain.losses.objective.OBJECTIVES): the order, the
+# attention section and the claims of the summary come from the registry, so a new objective needs no edit here.
+
+
+def _objectives():
+    from medgrain.losses.objective import OBJECTIVES
+
+    return OBJECTIVES
+
+
+def method_order() -> tuple[str, ...]:
+    """Baselines first, then the objectives in the registry's order."""
+    return (*BASELINES, *_objectives().names())
+
+
+def aligns_tokens(objective: str | None) -> bool:
+    """Whether a run of ``objective`` has token-level heads (the report draws its attention maps)."""
+    objectives = _objectives()
+    return objective in objectives and objectives.get(objective).aligns_tokens
+
+
+def token_objectives() -> list[str]:
+    return [name for name in _objectives().names() if aligns_tokens(name)]
+
+
+def claims() -> list[tuple[str, str]]:
+    """The claims a comparison is about: (method, a method it is meant to beat), from each objective's
+    ``improves_on``."""
+    return [(e.name, other) for e in _objectives().entries() for other in e.meta.get("improves_on", ())]
+
+
+def method_help(name: str) -> str | None:
+    """The one-line description of the objective a method (``"mgll"``, ``"mgll (tiny)"``) ran, if registered."""
+    base = name.split(" ")[0]
+    objectives = _objectives()
+    return objectives.help(base) if base in objectives else None
 
 
 # ------------------------------------------------------------------------------------ runs
@@ -74,8 +109,8 @@ class Run:
     evaluations: list[tuple[Path, dict[str, Any]]] = field(default_factory=list)
 
     @property
-    def is_mgca(self) -> bool:
-        return self.objective in MGCA_OBJECTIVES
+    def aligns_tokens(self) -> bool:
+        return aligns_tokens(self.objective)
 
     @property
     def manifest(self) -> Path | None:
@@ -248,8 +283,8 @@ def collect_results(runs: list[Run], title: str | None = None) -> dict[str, Any]
 
 
 def method_rank(name: str) -> tuple[int, str]:
-    base = name.split(" ")[0]
-    return (METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER), name)
+    base, order = name.split(" ")[0], method_order()
+    return (order.index(base) if base in order else len(order), name)
 
 
 def validate_results(results: dict[str, Any]) -> dict[str, Any]:
@@ -364,7 +399,7 @@ def _table_summary(table: Table, baseline: str | None) -> str | None:
     text = [f"{table.name} ({headline}, {direction}): {best} {format_value(defined[top[0]])}; "
             f"order: {', '.join(f'{m} {format_value(defined[m])}' for m in ordered)}."]
     pairs = [(m, baseline) for m in ordered if baseline in defined and m != baseline]
-    pairs += [(a, b) for a, b in CLAIMS if a in defined and b in defined]
+    pairs += [(a, b) for a, b in claims() if a in defined and b in defined]
     pairs.append((top[-1], ordered[len(top)]))  # the best against the runner-up
     statements = (_relation(a, b, defined, lower, top) for a, b in pairs)
     text += [f"{s}." for s in dict.fromkeys(x for x in statements if x)]
