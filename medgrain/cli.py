@@ -109,6 +109,15 @@ def _cmd_shard(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(a: argparse.Namespace) -> int:
+    from .evaluation.compare import compare_command
+
+    if a.bootstrap < 1:
+        raise ValueError(f"compare: --bootstrap must be at least 1, got {a.bootstrap}")
+    compare_command(a.a, a.b, a.bootstrap, a.seed, a.out)
+    return 0
+
+
 def _cmd_leakage(a: argparse.Namespace) -> int:
     from .data.leakage import find_leaks, format_leaks
 
@@ -421,6 +430,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--fail", action="store_true", help="exit with status 1 when any image leaks")
     p.set_defaults(func=_cmd_leakage)
+
+    p = sub.add_parser("compare", help="paired bootstrap difference of two evaluations on the same test set",
+                       description="Per metric: A, B, A - B with its 95%% interval and the p-value of no difference, "
+                                   "from the per-image values both result files stored (zero-shot, linear-probe, "
+                                   "finetune, grounding).")
+    p.add_argument("a", type=Path, help="result JSON of `medgrain evaluate ... --out`")
+    p.add_argument("b", type=Path, help="result JSON of the same task on the same data")
+    p.add_argument("--bootstrap", type=int, default=1000, help="resamples")
+    p.add_argument("--seed", type=int, default=0, help="seed of the resampling")
+    p.add_argument("--out", type=Path, help="write the comparison JSON here")
+    p.set_defaults(func=_cmd_compare)
     _add_debug(parser, sub)
     return parser
 

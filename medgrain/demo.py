@@ -35,10 +35,10 @@ class DemoBudget:
 # Segmentation trains a decoder per label fraction and seed, which costs far more than the other
 # tasks on a CPU: the demo trains it once (seed 0) at `segment_fractions`; the other tasks use every seed.
 FULL = DemoBudget(n=1200, size=64, epochs=6, batch_size=32, lr=1e-3,
-                  eval_tasks=("zero-shot", "retrieval", "linear-probe"),
+                  eval_tasks=("zero-shot", "retrieval", "linear-probe", "grounding"),
                   eval_epochs=5, eval_seeds=(0, 1, 2), fractions=(0.01, 0.1, 1.0), segment_fractions=(0.1,))
 QUICK = DemoBudget(n=240, size=64, epochs=2, batch_size=32, lr=1e-3,
-                   eval_tasks=("zero-shot", "retrieval", "linear-probe"),
+                   eval_tasks=("zero-shot", "retrieval", "linear-probe", "grounding"),
                    eval_epochs=1, eval_seeds=(0,), fractions=(0.1, 1.0), segment_fractions=(0.1,))
 
 

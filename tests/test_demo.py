@@ -8,7 +8,7 @@ from medgrain.demo import run_demo
 from medgrain.losses.objective import OBJECTIVES
 from medgrain.report.browser import check_in_browser, find_chromium
 
-TASK_TABLES = ("zero-shot", "retrieval (report)", "linear probe", "segmentation")
+TASK_TABLES = ("zero-shot", "retrieval (report)", "linear probe", "segmentation", "grounding")
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +33,8 @@ def test_quick_demo_writes_every_method_and_task(demo):
         assert (run / "run.yaml").is_file() and (run / "metrics.jsonl").is_file()
         assert (run / "eval" / "all.json").is_file()
     assert on_disk["demo"]["quick"] is True
+    report = (out / "report.html").read_text()
+    assert 'id="grounding-maps"' in report and "CNR" in report
 
 
 @pytest.mark.slow
@@ -43,11 +45,12 @@ def test_quick_demo_report_opens_in_chromium_with_every_figure(demo):
     page = check_in_browser(out / "report.html")
     assert page["console"] == [] and page["problems"] == []
     assert page["broken"] == []
-    assert set(page["sections"]) >= {"summary", "comparison", "curves", "roc", "attention", "embeddings",
-                                     "samples", "configs"}
+    assert set(page["sections"]) >= {"summary", "comparison", "curves", "roc", "attention", "grounding",
+                                     "embeddings", "samples", "configs"}
     figures = set(page["figures"])
     for method in OBJECTIVES.names():
         assert f"curves-{method.replace('+', '-')}" in figures, figures
     assert any(f.startswith("attention-") for f in figures), figures
+    assert "grounding-maps" in figures, figures
     assert "embeddings-map" in figures and any(f.startswith("roc-") for f in figures)
     assert {"table-zero-shot", "table-linear-probe", "table-segmentation", "versions"} <= set(page["tables"])

@@ -158,3 +158,24 @@ def test_token_phrase_embedding_is_the_attention_weighted_word_mean():
                 weight_sum += float(out["attention"][i, w])
         assert weight_sum > 0
         assert torch.allclose(got[i].double(), total / total.norm(), atol=1e-5)
+
+
+def test_evaluate_grounding_command_for_tiny_clip_and_mgca(synthetic, tmp_path, capsys):
+    import json
+
+    from medgrain.cli import main
+
+    clip = _encoder(tmp_path, "tiny", token_heads=False).checkpoint
+    mgca = _encoder(tmp_path, "tiny-mgca").checkpoint
+    for name, checkpoint in (("clip", clip), ("mgca", mgca)):
+        out = tmp_path / f"{name}.json"
+        assert main(["evaluate", "grounding", "--checkpoint", checkpoint, "--data", str(synthetic.path),
+                     "--split", "train", "--bootstrap", "100", "--out", str(out)]) == 0
+        record = json.loads(out.read_text())
+        macro = record["metrics"]["macro"]
+        assert record["task"] == "grounding" and set(macro) == {"cnr", "cnr_ci", "miou", "miou_ci"}
+        assert record["metrics"]["level"] == ("global" if name == "clip" else "token")
+        example = record["metrics"]["examples"][0]
+        assert np.asarray(example["map"]).ndim == 2 and example["phrase"]
+        printed = capsys.readouterr().out
+        assert "phrase grounding" in printed and "CNR" in printed and "[" in printed

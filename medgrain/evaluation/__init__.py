@@ -1,4 +1,4 @@
-"""Downstream evaluation: zero-shot, retrieval, linear probe, fine-tuning, segmentation, detection.
+"""Downstream evaluation: zero-shot, retrieval, linear probe, fine-tuning, segmentation, detection, grounding.
 
 Every task registers itself in ``EVAL_TASKS`` (``medgrain.evaluation.registry``) with its options
 class: ``task(ctx: EvalContext, options) -> TaskResult`` computes and returns (options, metrics, warnings,
@@ -16,6 +16,7 @@ from medgrain.evaluation.linear_probe import linear_probe  # isort: skip
 from medgrain.evaluation.finetune import finetune  # isort: skip
 from medgrain.evaluation.segmentation import segment  # isort: skip
 from medgrain.evaluation.detection import detect  # isort: skip
+from medgrain.evaluation.grounding import grounding  # isort: skip
 from medgrain.evaluation.context import ContextOptions, EvalContext
 from medgrain.evaluation.encoder import Encoder, load_encoder
 from medgrain.evaluation.features import extract_features
@@ -39,6 +40,7 @@ __all__ = [
     "evaluate_all",
     "extract_features",
     "finetune",
+    "grounding",
     "fraction_path",
     "linear_probe",
     "load_encoder",

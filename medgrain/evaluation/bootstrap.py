@@ -139,8 +139,8 @@ def bootstrap_interval(statistic: Statistic, data: Sequence, bootstrap: Bootstra
 
 def paired_bootstrap(statistic: Statistic, data_a: Sequence, data_b: Sequence,
                      bootstrap: Bootstrap = Bootstrap(), strata=None) -> dict:
-    """The difference ``statistic(A) - statistic(B)`` of two runs on the same images, with its
-    percentile interval and a two-sided p-value for "no difference".
+    """The difference ``statistic(A) - statistic(B)`` of two runs on the same images (and ``a``, ``b``
+    themselves), with its percentile interval and a two-sided p-value for "no difference".
 
     Both runs are scored on the same resamples. The p-value is twice the smaller share of resampled
     differences on either side of 0, with the +1 correction that keeps it above 0 for a finite B
@@ -155,13 +155,15 @@ def paired_bootstrap(statistic: Statistic, data_a: Sequence, data_b: Sequence,
         return statistic(*arrays[:k]) - statistic(*arrays[k:])
 
     values = _statistic_over(difference, data_a + data_b, bootstrap, strata)
-    observed = float(statistic(*(d[None] for d in data_a))[0] - statistic(*(d[None] for d in data_b))[0])
+    value_a = float(statistic(*(d[None] for d in data_a))[0])
+    value_b = float(statistic(*(d[None] for d in data_b))[0])
+    observed = {"a": value_a, "b": value_b, "difference": value_a - value_b}
     defined = values[np.isfinite(values)]
     if len(defined) == 0:
-        return {"difference": observed, "difference_ci": None, "p_value": None, "resamples": 0}
+        return {**observed, "difference_ci": None, "p_value": None, "resamples": 0}
     below, above = (defined <= 0).sum(), (defined >= 0).sum()
     p_value = min(1.0, 2 * (min(below, above) + 1) / (len(defined) + 1))
-    return {"difference": observed, "difference_ci": list(_percentiles(defined, bootstrap.level)),
+    return {**observed, "difference_ci": list(_percentiles(defined, bootstrap.level)),
             "p_value": float(p_value), "resamples": int(len(defined))}
 
 

@@ -25,16 +25,19 @@ MGCA model is how the claim "token-level alignment localises better" gets measur
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from medgrain.evaluation.bootstrap import Bootstrap, bootstrap_interval, mean_rows
 from medgrain.evaluation.metrics import GROUNDING_IOU_THRESHOLDS, box_region, contrast_to_noise, grounding_iou
+from medgrain.evaluation.registry import evaluate, register_task
 
 LEVELS = ("auto", "token", "global")
 
@@ -88,15 +91,17 @@ class GroundingDataset(Dataset):
         return self.transform(raw), region
 
 
-def similarity_maps(model, tokenizer, images: torch.Tensor, phrases: list[str], level: str = "auto") -> torch.Tensor:
+def similarity_maps(model, tokenizer, images: torch.Tensor, phrases: list[str], level: str = "auto",
+                    with_grid: bool = False):
     """(N, S, S) cosine similarity of each phrase with every patch of its image, up-sampled to the
-    input size S (nearest: each patch covers its pixels)."""
+    input size S (nearest: each patch covers its pixels); ``with_grid``: also the (N, h, w) patch maps."""
     device = images.device
     tokens = {k: v.to(device) for k, v in tokenizer(phrases).items()}
     patches, (h, w) = model.patch_embeddings(images, level)
     phrase = model.phrase_embeddings(tokens, level)
     sims = torch.einsum("nme,ne->nm", patches.float(), phrase.float()).reshape(-1, 1, h, w)
-    return F.interpolate(sims, size=images.shape[-2:], mode="nearest")[:, 0]
+    maps = F.interpolate(sims, size=images.shape[-2:], mode="nearest")[:, 0]
+    return (maps, sims[:, 0]) if with_grid else maps
 
 
 def ground(encoder, manifest, split: str = "test", level: str = "auto", batch_size: int = 32, workers: int = 0,
@@ -119,17 +124,20 @@ def ground(encoder, manifest, split: str = "test", level: str = "auto", batch_si
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()  # BatchNorm heads use their running statistics
-    cnr, miou, kept = [], [], {"maps": [], "regions": []}
+    cnr, miou, kept = [], [], {"maps": [], "regions": [], "grid_maps": []}
     try:
         with torch.no_grad():
             for start, (images, regions) in zip(range(0, len(pairs), batch_size), loader):
                 phrases = [p.phrase for p in pairs[start:start + len(images)]]
-                maps = similarity_maps(model, encoder.tokenizer, images.to(device), phrases, level).cpu()
+                maps, grid_maps = similarity_maps(model, encoder.tokenizer, images.to(device), phrases, level,
+                                                  with_grid=True)
+                maps = maps.cpu()
                 cnr.append(contrast_to_noise(maps, regions))
                 miou.append(grounding_iou(maps, regions))
                 if len(kept["maps"]) * batch_size < keep_maps:
                     kept["maps"].append(maps.numpy())
                     kept["regions"].append(regions.numpy())
+                    kept["grid_maps"].append(grid_maps.cpu().numpy())
     finally:
         model.train(was_training)
     out = {"pairs": pairs, "cnr": torch.cat(cnr).numpy(), "miou": torch.cat(miou).numpy(),
@@ -137,21 +145,22 @@ def ground(encoder, manifest, split: str = "test", level: str = "auto", batch_si
     if keep_maps:
         out["maps"] = np.concatenate(kept["maps"])[:keep_maps]
         out["regions"] = np.concatenate(kept["regions"])[:keep_maps]
+        out["grid_maps"] = np.concatenate(kept["grid_maps"])[:keep_maps]
     return out
 
 
-def _summary(values: np.ndarray, bootstrap: Bootstrap) -> tuple[float | None, list[float] | None, int]:
+def _summary(values: np.ndarray, bootstrap: Bootstrap | None) -> tuple[float | None, list[float] | None, int]:
     defined = values[np.isfinite(values)]
     if len(defined) == 0:
         return None, None, 0
-    return float(defined.mean()), bootstrap_interval(mean_rows, [defined], bootstrap), int(len(defined))
+    interval = bootstrap_interval(mean_rows, [defined], bootstrap) if bootstrap is not None else None
+    return float(defined.mean()), interval, int(len(defined))
 
 
 def grounding_metrics(scored: dict, bootstrap: Bootstrap | None = None) -> dict:
-    """``cnr``, ``miou`` and their ``_ci`` overall and per finding; ``undefined`` counts the pairs whose
-    CNR is undefined (a region covering all or none of the input, a constant map). The intervals
-    resample phrase-region pairs."""
-    bootstrap = bootstrap or Bootstrap()
+    """``cnr``, ``miou`` and, with ``bootstrap``, their ``_ci`` overall and per finding; ``undefined``
+    counts the pairs whose CNR is undefined (a region covering all or none of the input, a constant map).
+    The intervals resample phrase-region pairs."""
     findings = np.array([p.finding for p in scored["pairs"]])
     overall: dict = {"pairs": len(findings)}
     per_finding: dict = {}
@@ -159,12 +168,89 @@ def grounding_metrics(scored: dict, bootstrap: Bootstrap | None = None) -> dict:
         row = {"pairs": int(select.sum())}
         for metric in ("cnr", "miou"):
             value, ci, n = _summary(scored[metric][select], bootstrap)
-            row[metric], row[f"{metric}_ci"] = value, ci
+            row[metric] = value
+            if bootstrap is not None:
+                row[f"{metric}_ci"] = ci
             row[f"{metric}_undefined"] = int(select.sum()) - n
         if name is None:
             overall.update(row)
         else:
             per_finding[name] = row
-    return {"macro": {k: overall[k] for k in ("cnr", "cnr_ci", "miou", "miou_ci")}, "overall": overall,
+    return {"macro": {k: overall[k] for k in ("cnr", "cnr_ci", "miou", "miou_ci") if k in overall}, "overall": overall,
             "per_finding": per_finding, "level": scored["level"],
             "iou_thresholds": list(GROUNDING_IOU_THRESHOLDS)}
+
+
+# --- the task ---------------------------------------------------------------------------------------
+
+class GroundingOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    level: Literal["auto", "token", "global"] = Field(
+        "auto", description="embeddings: 'token' heads (MGCA), the 'global' heads (CLIP, MGLL), or 'auto' (token "
+                            "heads when the model has them)")
+    batch_size: int = Field(32, ge=1, description="images per batch")
+    examples: int = Field(4, ge=0, description="similarity maps stored in the result for the report's pictures")
+
+
+def _has_pairs(ctx) -> str | None:
+    if grounding_pairs(ctx.manifest.split(ctx.split)):
+        return None
+    return f"split '{ctx.split}' has no finding with a phrase and a box or mask"
+
+
+def grounding_tables(metrics: dict) -> dict:
+    from medgrain.evaluation.present import with_ci
+
+    return {"grounding": {"CNR": with_ci(metrics["macro"], "cnr"), "mIoU": with_ci(metrics["macro"], "miou")}}
+
+
+def grounding_console(record: dict) -> list:
+    from medgrain.evaluation.present import Table, record_title, with_ci
+
+    metrics = record["metrics"]
+    rows = [[name, row["pairs"], with_ci(row, "cnr"), with_ci(row, "miou")]
+            for name, row in metrics["per_finding"].items()]
+    rows.append(["all", metrics["overall"]["pairs"], with_ci(metrics["overall"], "cnr"),
+                 with_ci(metrics["overall"], "miou")])
+    return [Table(record_title(f"phrase grounding ({metrics['level']} embeddings)", record),
+                  ["finding", "pairs", "CNR", "mIoU"], rows)]
+
+
+def _examples(scored: dict, n: int) -> list[dict]:
+    """The first ``n`` pairs' maps on the patch grid, for pictures: the report redraws image and region."""
+    out = []
+    for pair, grid_map, cnr, miou in zip(scored["pairs"][:n], scored.get("grid_maps", [])[:n], scored["cnr"][:n],
+                                         scored["miou"][:n]):
+        out.append({"record_id": pair.record_id, "finding": pair.finding, "phrase": pair.phrase,
+                    "boxes": [list(b) for b in pair.boxes], "masks": list(pair.masks),
+                    "map": np.round(grid_map, 4).tolist(),
+                    "cnr": float(cnr) if np.isfinite(cnr) else None, "miou": float(miou) if np.isfinite(miou) else None})
+    return out
+
+
+@register_task("grounding", options=GroundingOptions, title="grounding",
+               help="phrase grounding: CNR and mIoU of phrase-to-patch similarity maps against boxes or masks (MS-CXR)",
+               available=_has_pairs, tables=grounding_tables, console=grounding_console,
+               headline=lambda metrics: ("CNR", metrics["macro"]["cnr"]))
+def grounding_task(ctx, options: GroundingOptions):
+    """CNR and mIoU overall and per finding, with intervals, of the context's split."""
+    from medgrain.evaluation.results import TaskResult
+
+    scored = ground(ctx.encoder, ctx.manifest, ctx.split, options.level, options.batch_size, ctx.workers,
+                    keep_maps=options.examples)
+    metrics = grounding_metrics(scored, ctx.intervals)
+    metrics["examples"] = _examples(scored, options.examples)
+    # every pair's values, so that two models can be compared pair by pair (medgrain compare)
+    metrics["per_pair"] = {"ids": [f"{p.record_id}|{p.finding}|{p.phrase}" for p in scored["pairs"]],
+                           **{k: [float(v) if np.isfinite(v) else None for v in scored[k]] for k in ("cnr", "miou")}}
+    result = TaskResult(options.model_dump(mode="json"), metrics)
+    undefined = metrics["overall"]["cnr_undefined"]
+    if undefined:
+        result.warn(f"{undefined} of {metrics['overall']['pairs']} pairs have no CNR (a region covering none or "
+                    "all of what the model saw, or a constant map); they are left out of the CNR mean")
+    return result
+
+
+def grounding(checkpoint: str, data, *, out=None, encoder=None, **kwargs) -> dict:
+    """``evaluate("grounding", ...)``: ``kwargs`` are the context's fields and ``GroundingOptions``'."""
+    return evaluate("grounding", checkpoint, data, out=out, encoder=encoder, **kwargs)

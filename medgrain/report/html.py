@@ -228,6 +228,28 @@ def attention_section(examples: dict[str, list], reasons: list[str]) -> str:
                    intro)
 
 
+def grounding_section(manifest, examples: dict[str, list[dict]], reasons: list[str], notes: list[str]) -> str:
+    parts = []
+    if examples and manifest is not None:
+        try:
+            data = plots.png(plots.grounding_figure(manifest, examples))
+            parts.append(figure(data, "phrase grounding maps", "grounding-maps",
+                                "Each panel: the phrase's cosine similarity with every patch (colour, -1 to 1) over "
+                                "the image as the model saw it, the ground-truth region outlined in cyan."))
+        except Exception as e:  # one figure must not cost the whole report
+            parts.append(_failed("grounding maps", e, notes))
+    elif examples:
+        reasons = [*reasons, "no manifest to read the images from: pass --data MANIFEST"]
+    for reason in reasons:
+        parts.append(missing("grounding maps", reason))
+    intro = ("Phrase grounding (MS-CXR's protocol): where each model puts a phrase, as the similarity map of the phrase "
+             "embedding with every patch embedding (token heads for MGCA-type models, the global heads otherwise), "
+             "scored by contrast-to-noise ratio and mIoU against the box or mask; the numbers are in the comparison "
+             "table 'grounding'.")
+    return section("grounding", "Phrase grounding", "".join(parts) or missing("grounding maps", "no grounding evaluation"),
+                   intro)
+
+
 def embeddings_section(points: dict[str, tuple], reasons: list[str], notes: list[str]) -> str:
     parts = []
     if points:
@@ -322,6 +344,8 @@ class Views:
     points_missing: list[str] = field(default_factory=list)
     attention: dict[str, list] = field(default_factory=dict)  # method -> examples
     attention_missing: list[str] = field(default_factory=list)
+    grounding: dict[str, list] = field(default_factory=dict)  # method -> stored grounding examples
+    grounding_missing: list[str] = field(default_factory=list)
 
 
 def roc_views(views: Views, sources: list[gather.Source]) -> None:
@@ -337,12 +361,26 @@ def roc_views(views: Views, sources: list[gather.Source]) -> None:
                 views.roc.setdefault(label, {})[source.name] = got
 
 
+def grounding_views(views: Views, sources: list[gather.Source]) -> None:
+    """The similarity maps each grounding evaluation stored, per method (nothing is recomputed)."""
+    for source in sources:
+        evaluation = gather.evaluation_of(source, "grounding")
+        if evaluation is None:
+            continue
+        examples = evaluation.get("metrics", {}).get("examples")
+        if examples:
+            views.grounding[source.name] = examples
+        else:
+            views.grounding_missing.append(f"the grounding evaluation of {source.name} stored no maps (examples=0)")
+
+
 def compute_views(runs, manifest, cache_dir, notes: list[str], attention_records: int) -> Views:
     """ROC inputs (stored by the evaluations), t-SNE points and attention maps of every method, one encoder
     loaded at a time."""
     views = Views()
     sources = sorted(gather.sources(runs), key=lambda s: method_rank(s.name))
     roc_views(views, sources)
+    grounding_views(views, sources)
     if manifest is None:
         reason = "no manifest: pass --data MANIFEST"
         views.points_missing, views.attention_missing = [reason], [reason]
@@ -419,6 +457,7 @@ def build_report(run_dirs: list[str | Path], out: str | Path, results: dict[str,
         curves_section(runs_by_method, colours, notes),
         roc_section(views.roc, views.roc_missing, colours, notes),
         attention_section(views.attention, views.attention_missing),
+        grounding_section(manifest, views.grounding, views.grounding_missing, notes),
         embeddings_section(views.points, views.points_missing, notes),
         samples_section(manifest),
         configs_section(runs),
@@ -433,7 +472,7 @@ def build_report(run_dirs: list[str | Path], out: str | Path, results: dict[str,
                       "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul></section>")
     nav = "".join(f'<a href="#{i}">{t}</a>' for i, t in (
         ("summary", "Summary"), ("comparison", "Comparison"), ("curves", "Loss curves"), ("roc", "ROC"),
-        ("attention", "Attention"), ("embeddings", "Embeddings"), ("samples", "Data"), ("configs", "Configs")))
+        ("attention", "Attention"), ("grounding", "Grounding"), ("embeddings", "Embeddings"), ("samples", "Data"), ("configs", "Configs")))
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     data_text = f" · data <code>{_e(manifest.path)}</code>" if manifest is not None else ""
     document = (

@@ -175,3 +175,51 @@ def embedding_figure(points: dict[str, tuple[np.ndarray, list[str]]]) -> Figure:
                loc="outside right center", fontsize=8, frameon=False, title="finding", title_fontsize=8.5)
     fig.suptitle("image embeddings of the validation and test images (t-SNE)", fontsize=11)
     return fig
+
+
+# ------------------------------------------------------------------------------------ grounding
+
+GROUNDING_DISPLAY = 128  # pixels of each panel's square: the eval transform's centre square, resized
+
+
+def grounding_panel_data(manifest, example: dict, size: int = GROUNDING_DISPLAY):
+    """The image as the model saw it (shorter side resized, centre square), the example's region on the
+    same grid and its stored patch-grid map brought to that size (nearest: each patch covers its pixels)."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from medgrain.evaluation.grounding import GroundingDataset, GroundingPair
+
+    pair = GroundingPair(example["record_id"], example["finding"], example["phrase"],
+                         tuple(tuple(b) for b in example["boxes"]), tuple(example["masks"]))
+    image, region = GroundingDataset(manifest, [pair], lambda raw: TF.center_crop(TF.resize(raw, [size]),
+                                                                                  [size, size]), size)[0]
+    image = image.float().numpy()
+    image = image / 255.0 if image.max() > 1 else image
+    image = image[0] if image.shape[0] == 1 else np.moveaxis(image[:3], 0, -1)
+    grid = np.asarray(example["map"], dtype=np.float64)
+    rows = np.minimum(np.arange(size) * grid.shape[0] // size, grid.shape[0] - 1)
+    cols = np.minimum(np.arange(size) * grid.shape[1] // size, grid.shape[1] - 1)
+    return image, region.numpy(), grid[np.ix_(rows, cols)]
+
+
+def grounding_figure(manifest, examples: dict[str, list[dict]]) -> Figure:
+    """One row per (image, phrase), one column per method: the phrase's similarity map over the image
+    with the ground-truth region outlined, titled with the pair's CNR and mIoU."""
+    methods = list(examples)
+    n = min(len(v) for v in examples.values())
+    fig = Figure(figsize=(2.6 * len(methods), 2.7 * n + 0.3), layout="constrained")
+    axes = fig.subplots(n, len(methods), squeeze=False)
+    for j, method in enumerate(methods):
+        for i, example in enumerate(examples[method][:n]):
+            ax = axes[i, j]
+            image, region, similarity = grounding_panel_data(manifest, example)
+            ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1)
+            ax.imshow(similarity, cmap="inferno", alpha=0.5, vmin=-1, vmax=1)
+            ax.contour(region.astype(float), levels=[0.5], colors="#00e5ff", linewidths=1.2)
+            cnr = "–" if example["cnr"] is None else f"{example['cnr']:.2f}"
+            miou = "–" if example["miou"] is None else f"{example['miou']:.2f}"
+            ax.set_title(f"{method}\nCNR {cnr} · mIoU {miou}", fontsize=8)
+            ax.set_xlabel(example["phrase"][:40] + ("…" if len(example["phrase"]) > 40 else ""), fontsize=7)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    return fig
