@@ -45,3 +45,34 @@ def test_not_a_checkpoint_names_what_is_accepted(tmp_path, capsys):
 
     with pytest.raises(FileNotFoundError, match="open_clip:local-dir:DIR"):
         load_encoder(tmp_path)
+
+
+@pytest.mark.parametrize("which", ["native", "custom"])
+def test_pretrain_from_an_open_clip_preset_with_token_objectives(which, native, tmp_path_factory, tmp_path):
+    """model.preset=open_clip:<ref>: MGCA+MGLL (global, token and prototype levels) trains on both imported
+    shapes, and the checkpoint reloads."""
+    from openclip_fixtures import TINY_TIMM_VISION, biomedclip_cfg, write_bert_dir
+
+    from medgrain.data.synthetic import generate
+    from medgrain.training.config import load_config
+    from medgrain.training.loop import train
+
+    if which == "native":
+        source, size = native, 32
+    else:
+        bert = write_bert_dir(tmp_path / "bert")
+        source = write_open_clip_dir(tmp_path / "custom", biomedclip_cfg(TINY_TIMM_VISION, 48), bert_dir=bert)
+        size = 224
+    manifest = generate("cxr", tmp_path_factory.mktemp("synth"), n=24, seed=5, size=size, workers=1)
+    cfg = load_config({
+        "data": {"manifest": str(manifest)},
+        "model": {"preset": f"open_clip:local-dir:{source}"},
+        "objective": {"name": "mgca+mgll", "mgca": {"num_prototypes": 8}},
+        "optim": {"lr": 1e-4, "warmup_steps": 1},
+        "train": {"output_dir": str(tmp_path / "run"), "epochs": 1, "batch_size": 8, "log_every": 1,
+                  "progress": False, "tensorboard": False},
+    })
+    result = train(cfg)
+    assert all(v == v for v in result.valid_losses)
+    loaded = load_pretrained(result.last_checkpoint)
+    assert loaded.config.token_heads and loaded.config.image.image_size == size
