@@ -226,6 +226,27 @@ def recall_metrics(ranks: torch.Tensor, ks=(1, 5, 10), bootstrap: Bootstrap | No
     return out
 
 
+def precision_at_k(similarity: torch.Tensor, query_classes, gallery_classes, names: list[str], ks=(1, 5, 10),
+                   bootstrap: Bootstrap | None = None) -> dict:
+    """Retrieval precision by class (GLoRIA's CheXpert 5x200 protocol, Huang et al., ICCV 2021): for each
+    query, the share of its top-K gallery items whose class is the query's; ``P@K`` averaged over queries
+    and per class, with ``P@K_ci`` over queries (stratified by class) given ``bootstrap``."""
+    query_classes = torch.as_tensor(query_classes)
+    gallery_classes = torch.as_tensor(gallery_classes)
+    k_max = min(max(ks), similarity.shape[1])
+    top = similarity.float().topk(k_max, dim=1).indices
+    hits = (gallery_classes[top] == query_classes[:, None]).double()  # (n, k_max)
+    per_query = np.stack([hits[:, :min(k, k_max)].mean(1).numpy() for k in ks], 1)  # (n, K)
+    classes = query_classes.numpy()
+    out: dict = {f"P@{k}": float(per_query[:, i].mean()) for i, k in enumerate(ks)}
+    out["per_class"] = {name: {f"P@{k}": float(per_query[classes == c, i].mean()) if (classes == c).any() else None
+                               for i, k in enumerate(ks)} for c, name in enumerate(names)}
+    if bootstrap is not None:
+        intervals = bootstrap_intervals(lambda v: v.mean(-2), [per_query], bootstrap, classes)
+        out.update({f"P@{k}_ci": ci for k, ci in zip(ks, intervals)})
+    return out
+
+
 # ------------------------------------------------------------------------------------- segmentation
 
 

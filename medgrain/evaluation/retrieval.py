@@ -4,6 +4,10 @@ Every image of the split is a query against every record's text, and every text 
 image. Texts repeat (two normal studies share "normal chest radiograph"), so an item is correct
 when its text equals the query's text: retrieving a duplicate of the right text is a hit, and a
 query is never charged for the arbitrary order of identical texts.
+
+On data with one label per record (CheXpert/MIMIC 5x200) every text source also gets GLoRIA's
+image-to-text precision by class, ``precision_by_class``: the share of each image's top-K texts whose
+record has the image's class (P@1/5/10, per class and overall).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from medgrain.data.text import text_ids
 from medgrain.evaluation.context import EvalContext
 from medgrain.evaluation.data import image_dataset, require_split
 from medgrain.evaluation.features import encode_texts, extract_features
-from medgrain.evaluation.metrics import recall_metrics, retrieval_ranks
+from medgrain.evaluation.metrics import precision_at_k, recall_metrics, retrieval_ranks
 from medgrain.evaluation.present import Table, with_ci
 from medgrain.evaluation.registry import evaluate, register_task
 from medgrain.evaluation.results import TaskResult
@@ -50,6 +54,9 @@ def retrieval_tables(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
         for direction, arrow in (("image_to_text", "i→t"), ("text_to_image", "t→i")):
             for key in ("R@1", "R@5", "R@10", "median_rank"):
                 row[f"{arrow} {key.replace('_', ' ')}"] = with_ci(values.get(direction, {}), key)
+        for key in ("P@1", "P@5", "P@10"):
+            if "precision_by_class" in values:
+                row[f"i→t class {key}"] = with_ci(values["precision_by_class"], key)
         tables[f"retrieval ({source})"] = row
     return tables
 
@@ -91,6 +98,8 @@ def retrieval_task(ctx: EvalContext, options: RetrievalOptions) -> TaskResult:
 
     images = torch.from_numpy(extract_features(ctx.encoder, manifest, split, "embedding", options.batch_size,
                                                ctx.workers, ctx.cache_dir).features)
+    names = manifest.finding_names
+    classes = _single_classes(records, names)
     by_text = {}
     for source in sources:
         texts = texts_of(records, source)
@@ -102,8 +111,19 @@ def retrieval_task(ctx: EvalContext, options: RetrievalOptions) -> TaskResult:
             "queries": len(texts),
             "distinct_texts": len(set(texts)),
         }
+        if classes is not None:  # one label per record (5x200): GLoRIA's precision by class
+            by_text[source]["precision_by_class"] = precision_at_k(similarity, classes, classes, names, KS,
+                                                                   ctx.intervals)
     result.metrics = {"by_text": by_text}
     return result
+
+
+def _single_classes(records, names: list[str]) -> torch.Tensor | None:
+    """Each record's class index when every record has exactly one label, else None."""
+    if not names or any(len(r.labels) != 1 for r in records):
+        return None
+    index = {n: i for i, n in enumerate(names)}
+    return torch.tensor([index[r.labels[0]] for r in records])
 
 
 def retrieval(checkpoint: str, data, *, out=None, encoder=None, **kwargs) -> dict:

@@ -44,11 +44,26 @@ class PolarTemplates(BaseModel):
 
 class Prompts(BaseModel):
     """A prompt file (YAML or JSON): ``templates: {granularity: {positive: [...], negative: [...]}}``
-    and optionally ``names: {finding: wording}`` (default: the finding name in lower case)."""
+    and optionally ``names: {finding: wording}`` (default: the finding name in lower case), and
+    ``classes: {finding: {list name: [words, ...], ...}}``: class-specific prompts in GLoRIA's style, every
+    combination of one entry per list (in the lists' order, e.g. severity x subtype x location) joined
+    by spaces, scored as the granularity ``classes`` (positive prompts only: softmax over the findings)."""
 
     model_config = ConfigDict(extra="forbid")
     templates: dict[str, PolarTemplates]
     names: dict[str, str] = {}
+    classes: dict[str, dict[str, list[str]]] = {}
+
+    def class_prompts(self, name: str) -> list[str]:
+        """Every combination of ``classes[name]``'s word lists, blank parts left out."""
+        import itertools
+
+        lists = list(self.classes[name].values())
+        return [" ".join(w for w in combo if w.strip()) for combo in itertools.product(*lists)]
+
+
+CLASSES = "classes"  # the granularity of class-specific prompts
+PUBLISHED_PROMPTS = {"chexpert-5x200": Path(__file__).parent / "prompts" / "chexpert_5x200.yaml"}
 
 
 # Defaults in the words of the field, per granularity (see docs/evaluation.md).
@@ -122,6 +137,16 @@ def _score_by_prompts(ctx: EvalContext, options: ZeroShotOptions, result: TaskRe
     their ensemble."""
     prompt_set = load_prompts(options.prompts) if options.prompts else default_prompts(ctx.manifest, options.domain)
     positives, negatives = {}, {}
+    if prompt_set.classes:
+        missing = [n for n in names if n not in prompt_set.classes]
+        if missing:
+            raise ValueError(f"the prompts' classes have no prompts for {missing}; add them or leave 'classes' out")
+        if mode == "pairs":
+            result.warn("class prompts ('classes') have no negatives; they are left out of the pairwise scores")
+        else:
+            embeddings = [F.normalize(encode_texts(ctx.encoder, prompt_set.class_prompts(n)).mean(0), dim=-1)
+                          for n in names]
+            positives[CLASSES] = torch.stack(embeddings)
     for granularity, templates in prompt_set.templates.items():
         positives[granularity] = class_embeddings(ctx.encoder, templates.positive, names, prompt_set)
         if templates.negative:
@@ -210,14 +235,16 @@ def zero_shot_task(ctx: EvalContext, options: ZeroShotOptions) -> TaskResult:
             thresholds = f1_thresholds(probabilities(valid.features, granularity), valid.labels)
         by_prompt[granularity] = multilabel_metrics(probabilities(test.features, granularity), test.labels,
                                                     names, thresholds, ctx.intervals)
-    headline = by_prompt[ENSEMBLE]
+    # with published class prompts (5x200), the headline is theirs, as the papers report it
+    scored_by = CLASSES if CLASSES in by_prompt else ENSEMBLE
+    headline = by_prompt[scored_by]
     if headline["excluded"]:
         result.warn(f"left out of the macro means (undefined on split '{split}'): {headline['excluded']}")
     result.options["mode"] = mode
-    result.metrics = {"mode": mode, **headline, "by_prompt": by_prompt, "prompts": prompt_set.model_dump(),
-                      "logit_scale": scale}
-    result.scores = PerImageScores(test.ids, names, probabilities(test.features, ENSEMBLE), test.labels,
-                                   "prompt ensemble")
+    result.metrics = {"mode": mode, **headline, "headline_prompts": scored_by, "by_prompt": by_prompt,
+                      "prompts": prompt_set.model_dump(), "logit_scale": scale}
+    result.scores = PerImageScores(test.ids, names, probabilities(test.features, scored_by), test.labels,
+                                   "class prompts" if scored_by == CLASSES else "prompt ensemble")
     return result
 
 
@@ -228,7 +255,12 @@ def zero_shot(checkpoint: str, data, *, out=None, encoder=None, **kwargs) -> dic
 
 
 def default_prompts(manifest, domain: str | None) -> Prompts:
-    """The default prompts of the data's domain (the records' ``domain``, else ``domain``)."""
+    """The default prompts of the data's domain (the records' ``domain``, else ``domain``). Data whose
+    findings are CheXpert 5x200's five also get GLoRIA's class prompts (``prompts/chexpert_5x200.yaml``)."""
+    names = set(manifest.finding_names)
+    published = load_prompts(PUBLISHED_PROMPTS["chexpert-5x200"])
+    if names and names <= set(published.classes) and (domain or "cxr") == "cxr":
+        return DEFAULT_PROMPTS["cxr"].model_copy(update={"classes": published.classes})
     if domain is None:
         domains = Counter(r.domain for r in manifest.records if r.domain)
         domain = domains.most_common(1)[0][0] if domains else None
