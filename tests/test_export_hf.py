@@ -40,54 +40,63 @@ class NoMedgrain(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, NoMedgrain())
 import torch
 from safetensors.torch import load_file, save_file
-folder, inputs, out = sys.argv[1:4]
-pixels = load_file(inputs)["pixels"]
-texts = json.loads(open(inputs + ".json").read())
-card = open(folder + "/README.md").read()
-blocks = [b.replace("DIR", folder) for b in re.findall(r"```python\n(.*?)```", card, flags=re.S)]
-scope = {"pixels": pixels, "texts": texts}
-with torch.no_grad():
-    for block in blocks:
-        exec(block, scope)
+for folder, inputs, out in json.loads(sys.argv[1]):
+    pixels = load_file(inputs)["pixels"]
+    texts = json.loads(open(inputs + ".json").read())
+    card = open(folder + "/README.md").read()
+    blocks = [b.replace("DIR", folder) for b in re.findall(r"```python\n(.*?)```", card, flags=re.S)]
+    scope = {"pixels": pixels, "texts": texts}
+    with torch.no_grad():
+        for block in blocks:
+            exec(block, scope)
+    save_file({"image": scope["image_embedding"].contiguous(), "text": scope["text_embedding"].contiguous()}, out)
 assert not any(m.split(".")[0] == "medgrain" for m in sys.modules)
-save_file({"image": scope["image_embedding"].contiguous(), "text": scope["text_embedding"].contiguous()}, out)
 '''
 
 
-def _consume(folder, pixels, tmp_path):
+def _consume(jobs):
+    """Run the consumer once for every (folder, pixels, work folder): one interpreter start for all."""
     from safetensors.torch import load_file, save_file
 
-    inputs = tmp_path / "inputs.safetensors"
-    save_file({"pixels": pixels}, str(inputs))
-    (tmp_path / "inputs.safetensors.json").write_text(json.dumps(TEXTS))
+    args = []
+    for folder, pixels, work in jobs:
+        inputs = work / "inputs.safetensors"
+        save_file({"pixels": pixels}, str(inputs))
+        (work / "inputs.safetensors.json").write_text(json.dumps(TEXTS))
+        args.append((str(folder), str(inputs), str(work / "got.safetensors")))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run([sys.executable, "-c", CONSUMER, str(folder), str(inputs), str(tmp_path / "got.safetensors")],
+    done = subprocess.run([sys.executable, "-c", CONSUMER, json.dumps(args)],
                           env={**env, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}, capture_output=True,
-                          text=True, cwd=tmp_path, timeout=600)
+                          text=True, cwd=jobs[0][2], timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    return load_file(str(tmp_path / "got.safetensors"))
+    return [load_file(out) for _, _, out in args]
 
 
-@pytest.mark.parametrize("name", list(COMBINATIONS))
-def test_hf_folder_loads_in_transformers_alone(name, tmp_path):
-    checkpoint = _checkpoint(tmp_path, COMBINATIONS[name])
-    out = export(checkpoint, "hf", tmp_path / "hf")
-    ours = load_pretrained(checkpoint)
-    size = ours.config.image.image_size
-    pixels = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(2))
-    got = _consume(out, pixels, tmp_path)
+def test_hf_folders_load_in_transformers_alone(tmp_path):
+    jobs, expected = [], []
+    for name, config in COMBINATIONS.items():
+        work = tmp_path / name
+        work.mkdir()
+        checkpoint = _checkpoint(work, config)
+        out = export(checkpoint, "hf", work / "hf")
+        ours = load_pretrained(checkpoint)
+        size = ours.config.image.image_size
+        pixels = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(2))
+        with torch.no_grad():
+            image, text = ours.model.encode_image(pixels), ours.model.encode_text(ours.tokenizer(TEXTS))
+        processor = json.loads((out / "image" / "preprocessor_config.json").read_text())
+        assert str(size) in json.dumps(processor) and str(ours.config.preprocess.mean[0]) in json.dumps(processor)
+        # medgrain loads the folder back, the same model
+        back = load_pretrained(out)
+        with torch.no_grad():
+            torch.testing.assert_close(back.model.encode_image(pixels), image, rtol=0, atol=1e-5)
+            torch.testing.assert_close(back.model.encode_text(back.tokenizer(TEXTS)), text, rtol=0, atol=1e-5)
+        jobs.append((out, pixels, work))
+        expected.append((name, image, text))
     norm = torch.nn.functional.normalize
-    with torch.no_grad():
-        image, text = ours.model.encode_image(pixels), ours.model.encode_text(ours.tokenizer(TEXTS))
-    torch.testing.assert_close(norm(got["image"], dim=-1), image, rtol=0, atol=1e-5)
-    torch.testing.assert_close(norm(got["text"], dim=-1), text, rtol=0, atol=1e-5)
-    processor = json.loads((out / "image" / "preprocessor_config.json").read_text())
-    assert str(size) in json.dumps(processor) and str(ours.config.preprocess.mean[0]) in json.dumps(processor)
-    # and medgrain loads the folder back, the same model
-    back = load_pretrained(out)
-    with torch.no_grad():
-        torch.testing.assert_close(back.model.encode_image(pixels), image, rtol=0, atol=1e-5)
-        torch.testing.assert_close(back.model.encode_text(back.tokenizer(TEXTS)), text, rtol=0, atol=1e-5)
+    for got, (name, image, text) in zip(_consume(jobs), expected):
+        torch.testing.assert_close(norm(got["image"], dim=-1), image, rtol=0, atol=1e-5, msg=name)
+        torch.testing.assert_close(norm(got["text"], dim=-1), text, rtol=0, atol=1e-5, msg=name)
 
 
 def test_model_card_metadata_from_the_run(tmp_path):

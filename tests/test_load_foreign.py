@@ -63,7 +63,7 @@ def test_pretrain_from_an_open_clip_preset_with_token_objectives(which, native, 
         bert = write_bert_dir(tmp_path / "bert")
         source = write_open_clip_dir(tmp_path / "custom", biomedclip_cfg(TINY_TIMM_VISION, 48), bert_dir=bert)
         size = 224
-    manifest = generate("cxr", tmp_path_factory.mktemp("synth"), n=24, seed=5, size=size, workers=1)
+    manifest = generate("cxr", tmp_path_factory.mktemp("synth"), n=16, seed=5, size=32, workers=1)  # resized to size
     cfg = load_config({
         "data": {"manifest": str(manifest)},
         "model": {"preset": f"open_clip:local-dir:{source}"},
