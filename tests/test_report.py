@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from medgrain.data.manifest import read_manifest
+from medgrain.losses.objective import OBJECTIVES
 from medgrain.models import create_model, save_pretrained
 from medgrain.report import (
     build_report,
@@ -55,7 +56,7 @@ def _history(parts: list[str], seed: int) -> list[dict]:
 
 
 def _run(root, manifest, objective: str, seed: int):
-    preset = "tiny-mgca" if objective.startswith("mgca") else "tiny"
+    preset = "tiny-mgca" if OBJECTIVES.get(objective).aligns_tokens else "tiny"
     out = root / f"{objective}-seed{seed}"
     config = load_config({"data": {"manifest": str(manifest)}, "model": {"preset": preset},
                           "objective": {"name": objective}, "train": {"output_dir": str(out), "seed": seed}})
