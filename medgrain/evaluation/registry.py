@@ -26,6 +26,7 @@ from pydantic import BaseModel, ValidationError
 
 from medgrain.evaluation.context import OPTIONAL, ContextOptions, EvalContext
 from medgrain.registry import Registry
+from medgrain.threads import use_threads
 
 EVAL_TASKS: Registry[Callable] = Registry("evaluation task")
 
@@ -160,6 +161,7 @@ def open_context(checkpoint: str, data, encoder=None, **fields: Any) -> EvalCont
     manifest = data if isinstance(data, Manifest) else None
     path = data.path if manifest is not None else data
     options = context_options({"checkpoint": str(checkpoint), "data": path, **fields})
+    use_threads(options.workers)  # the process's cores between compute and data workers (no oversubscription)
     return EvalContext.open(options, encoder=encoder, manifest=manifest)
 
 

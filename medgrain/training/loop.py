@@ -23,6 +23,7 @@ from ..data.manifest import Manifest, read_manifest
 from ..data.transforms import eval_transform, pretrain_transform
 from ..losses.objective import Objective, build_objective
 from ..models import create_model
+from ..threads import use_threads
 from .checkpoint import find_resumable, link_checkpoint, load_training_state, save_checkpoint
 from .config import RunConfig
 from .logging import RunLogger
@@ -233,6 +234,7 @@ def _train(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> TrainResult:
 def set_up(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> Run:
     """Data, model, objective, optimizer and schedule; the checkpoint's state when resuming; DDP."""
     t = cfg.train
+    use_threads(cfg.data.num_workers)  # the process's cores between compute and data workers (no oversubscription)
     out = Path(t.output_dir)
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
