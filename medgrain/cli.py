@@ -109,6 +109,18 @@ def _cmd_shard(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reproduce(a: argparse.Namespace) -> int:
+    from .evaluation.present import print_tables
+    from .evaluation.reproduce import parse_data, reproduce, reproduce_tables
+
+    summary = reproduce(a.table, a.checkpoint, parse_data(a.data), out=a.out, seeds=tuple(a.seeds),
+                        bootstrap=a.bootstrap, device=a.device, workers=a.workers)
+    print_tables(reproduce_tables(summary))
+    if summary["note"]:
+        print(f"note: {summary['note']}")
+    return 0
+
+
 def _cmd_compare(a: argparse.Namespace) -> int:
     from .evaluation.compare import compare_command
 
@@ -430,6 +442,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--fail", action="store_true", help="exit with status 1 when any image leaks")
     p.set_defaults(func=_cmd_leakage)
+
+    p = sub.add_parser("reproduce", help="run a paper table's protocol and print the paper's numbers next to ours",
+                       description="Tables: mgca-linear-probe, mgca-segmentation, mgca-detection, mgll-linear-probe, "
+                                   "mgll-finetune (docs/evaluation.md, Reproducing the papers' tables). Each dataset "
+                                   "runs with the paper's split rule, label fractions, solver, selection rule and "
+                                   "metric; datasets without --data are listed with where to get them.")
+    p.add_argument("table")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", nargs="*", default=[], metavar="NAME=MANIFEST",
+                   help="e.g. chexpert=manifests/chexpert.jsonl rsna-pneumonia=manifests/rsna.jsonl")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run (and label draw) per seed")
+    p.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95%% intervals")
+    p.add_argument("--device", default=None)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--out", type=Path, help="write the table, the missing datasets and every result as JSON")
+    p.set_defaults(func=_cmd_reproduce)
 
     p = sub.add_parser("compare", help="paired bootstrap difference of two evaluations on the same test set",
                        description="Per metric: A, B, A - B with its 95%% interval and the p-value of no difference, "
