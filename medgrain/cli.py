@@ -350,7 +350,7 @@ def _add_export(sub) -> None:
 def _add_pretrain(sub) -> None:
     p = sub.add_parser("pretrain", help="pretrain a dual encoder (CLIP, MGLL, MGCA, ...) from a YAML config",
                        description="Also runs under torchrun: torchrun --nproc_per_node N -m medgrain pretrain ...")
-    p.add_argument("--config", required=True, help="YAML file, or the name of a preset in configs/")
+    p.add_argument("--config", required=True, help="YAML file, or the name of a shipped preset (medgrain/configs/)")
     p.add_argument("--objective", choices=OBJECTIVES, metavar="NAME",
                    help="the objective, instead of the config's objective.name: %(choices)s")
     p.add_argument("--model", choices=MODELS, metavar="PRESET",

@@ -5,7 +5,7 @@ import pytest
 from medgrain.models.factory import resolve_config
 from medgrain.training.config import ConfigError, RunConfig, load_config
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "medgrain" / "configs"
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)

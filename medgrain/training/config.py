@@ -7,8 +7,9 @@ its resolved config next to its outputs (``run.yaml``).
 from __future__ import annotations
 
 import functools
+from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import (
@@ -23,6 +24,9 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from ..errors import user_error
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 
 class _Strict(BaseModel):
@@ -245,17 +249,27 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def resolve_config_path(name_or_path: str | Path) -> Path:
-    """A path, or the name of a preset shipped in ``configs/`` (with or without ``.yaml``)."""
+def shipped_configs() -> dict[str, Traversable]:
+    """The YAML presets shipped inside the package (``medgrain/configs/``), by name.
+
+    Read through importlib.resources, as open_clip reads its model configs, so an installed wheel
+    finds them as well as a source checkout does.
+    """
+    folder = resources.files("medgrain") / "configs"
+    return {e.name.removesuffix(".yaml"): e for e in folder.iterdir() if e.name.endswith(".yaml")}
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path | Traversable:
+    """A path to a YAML file, or the name of a shipped preset (with or without ``.yaml``)."""
     p = Path(name_or_path)
     if p.is_file():
         return p
-    shipped = Path(__file__).resolve().parents[2] / "configs"
-    for cand in (shipped / p.name, shipped / f"{p.name}.yaml"):
-        if cand.is_file():
-            return cand
-    names = sorted(c.stem for c in shipped.glob("*.yaml")) if shipped.is_dir() else []
-    raise ConfigError(f"config not found: {name_or_path} (shipped presets: {', '.join(names) or 'none'})")
+    shipped = shipped_configs()
+    found = shipped.get(p.name.removesuffix(".yaml"))
+    if found is None:
+        names = ", ".join(sorted(shipped)) or "none"
+        raise ConfigError(f"config not found: {name_or_path} (shipped presets: {names})")
+    return found
 
 
 def load_config(source: str | Path | dict, overrides: list[str] | None = None) -> RunConfig:
