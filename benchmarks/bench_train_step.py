@@ -24,7 +24,7 @@ import torch
 from medgrain.data import Collator, ImageTextDataset, pretrain_transform, read_manifest
 from medgrain.data.synthetic import generate
 from medgrain.losses.objective import build_objective
-from medgrain.models import create_model
+from medgrain.models import create_model, get_tokenizer
 from medgrain.training.config import ObjectiveConfig
 from medgrain.training.loop import to_device
 
@@ -72,14 +72,13 @@ class SplitModel(torch.nn.Module):
 
 def bench(objective_name: str, preset: str, size: int, batch_size: int, device: torch.device, steps: int,
           manifest, bf16: bool) -> dict:
-    created = create_model(preset, image={"image_size": size})
-    model = created.model.to(device).train()
+    model = create_model(preset, image={"image_size": size}).to(device).train()
     granularities = manifest.granularities
     objective = build_objective(ObjectiveConfig(name=objective_name, mgca={"num_prototypes": 64}),
                                 granularities, True, model.embed_dim).to(device)
-    ds = ImageTextDataset(manifest, "train", transform=pretrain_transform(created.preprocess),
+    ds = ImageTextDataset(manifest, "train", transform=pretrain_transform(model.config.preprocess_config()),
                           granularities=granularities, with_report=objective.needs_report)
-    collate = Collator(created.tokenizer, granularities, with_report=objective.needs_report)
+    collate = Collator(get_tokenizer(model.config), granularities, with_report=objective.needs_report)
     opt = torch.optim.AdamW(list(model.parameters()) + list(objective.parameters()), lr=1e-4)
     split = SplitModel(model)
     phases = {k: [] for k in ("data", "forward", "loss", "backward", "optimizer", "total")}

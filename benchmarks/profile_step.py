@@ -24,7 +24,7 @@ import torch
 from medgrain.data import Collator, ImageTextDataset, pretrain_transform, read_manifest
 from medgrain.data.synthetic import generate
 from medgrain.losses.objective import build_objective
-from medgrain.models import create_model
+from medgrain.models import create_model, get_tokenizer
 from medgrain.training.config import ObjectiveConfig, OptimConfig
 from medgrain.training.loop import to_device
 from medgrain.training.optim import build_optimizer
@@ -32,13 +32,12 @@ from medgrain.training.optim import build_optimizer
 
 def setup(objective_name: str, preset: str, size: int, batch_size: int, device: torch.device, manifest,
           num_prototypes: int):
-    created = create_model(preset, image={"image_size": size})
-    model = created.model.to(device).train()
+    model = create_model(preset, image={"image_size": size}).to(device).train()
     objective = build_objective(ObjectiveConfig(name=objective_name, mgca={"num_prototypes": num_prototypes}),
                                 manifest.granularities, True, model.embed_dim).to(device)
-    ds = ImageTextDataset(manifest, "train", transform=pretrain_transform(created.preprocess),
+    ds = ImageTextDataset(manifest, "train", transform=pretrain_transform(model.config.preprocess_config()),
                           granularities=manifest.granularities, with_report=objective.needs_report)
-    collate = Collator(created.tokenizer, manifest.granularities, with_report=objective.needs_report)
+    collate = Collator(get_tokenizer(model.config), manifest.granularities, with_report=objective.needs_report)
     batch = to_device(collate([ds[i % len(ds)] for i in range(batch_size)]), device)
     opt = build_optimizer({"model": model, "objective": objective}, OptimConfig(lr=1e-5))  # the trainer's
 

@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "create_model": "medgrain.models",
     "create_model_and_transforms": "medgrain.models",
+    "get_tokenizer": "medgrain.models",
     "list_models": "medgrain.models",
     "load_pretrained": "medgrain.models",
     "save_pretrained": "medgrain.models",
@@ -19,6 +20,7 @@ __all__ = [
     "__version__",
     "create_model",
     "create_model_and_transforms",
+    "get_tokenizer",
     "list_models",
     "load_pretrained",
     "save_pretrained",
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     from medgrain.models import (
         create_model,
         create_model_and_transforms,
+        get_tokenizer,
         list_models,
         load_pretrained,
         save_pretrained,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torchvision.io import decode_png, read_file, write_png
 
-from medgrain.models import create_model, load_pretrained, save_pretrained
+from medgrain.models import create_model, get_tokenizer, load_pretrained, save_pretrained
 from medgrain.models.attention_maps import (
     attention_command,
     save_attention_png,
@@ -23,8 +23,7 @@ TEXT = "Moderate left-sided pleural effusion, with cardiomegaly."
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
-    created = create_model("tiny-mgca")
-    return save_pretrained(created.model, created.tokenizer, tmp_path_factory.mktemp("ckpt") / "tiny-mgca")
+    return save_pretrained(create_model("tiny-mgca"), get_tokenizer("tiny-mgca"), tmp_path_factory.mktemp("ckpt") / "tiny-mgca")
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +75,9 @@ def test_a_tensor_image_works_like_its_file(loaded, tmp_path):
 
 def test_cnn_tower_maps_come_from_its_token_grid(tmp_path):
     torch.manual_seed(0)
-    created = create_model("tiny")
+    model, tokenizer = create_model("tiny"), get_tokenizer("tiny")
     image = write_image(tmp_path / "cxr.png", 64, 64)
-    maps = word_attention_maps(created.model, created.tokenizer, image, "small left effusion")
+    maps = word_attention_maps(model, tokenizer, image, "small left effusion")
     assert maps.grid == (4, 4)  # ResNet-18 layer3 at 64 px: stride 16
     assert maps.maps.shape == (3, 64, 64)
     np.testing.assert_allclose(maps.maps.sum(axis=(1, 2)), 1.0, atol=1e-5)
@@ -109,10 +108,10 @@ def test_attention_command_writes_the_png(checkpoint, tmp_path):
 
 
 def test_model_without_token_heads_is_a_clear_error(tmp_path):
-    created = create_model("tiny-vit", token_heads=False)
+    model, tokenizer = create_model("tiny-vit", token_heads=False), get_tokenizer("tiny-vit")
     image = write_image(tmp_path / "cxr.png", 64, 64)
     with pytest.raises(ValueError, match="token heads"):
-        word_attention_maps(created.model, created.tokenizer, image, TEXT)
+        word_attention_maps(model, tokenizer, image, TEXT)
 
 
 def test_punctuation_only_text_and_truncation_are_reported(loaded, tmp_path):

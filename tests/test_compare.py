@@ -67,13 +67,13 @@ def test_compare_command_on_two_evaluations(tmp_path, capsys):
     import torch
 
     from medgrain.data.synthetic import generate
-    from medgrain.models import create_model, save_pretrained
+    from medgrain.models import create_model, get_tokenizer, save_pretrained
 
     manifest = generate("cxr", tmp_path / "cxr", n=30, seed=2, size=64, workers=1, progress=False)
     outs = []
     for k, preset in enumerate(("tiny", "tiny-mgca")):
         torch.manual_seed(k)
-        model, tokenizer, _ = create_model(preset)
+        model, tokenizer = create_model(preset), get_tokenizer(preset)
         checkpoint = save_pretrained(model, tokenizer, tmp_path / preset)
         out = tmp_path / f"{preset}.json"
         assert main(["evaluate", "zero-shot", "--checkpoint", str(checkpoint), "--data", str(manifest),

@@ -12,7 +12,7 @@ from medgrain.cli import main
 from medgrain.data.dataset import Collator, ImageTextDataset
 from medgrain.export import encode as encode_module
 from medgrain.export.encode import encode
-from medgrain.models import create_model, load_pretrained, save_pretrained
+from medgrain.models import create_model, get_tokenizer, load_pretrained, save_pretrained
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("encode")
     manifest = generate("cxr", root / "cxr", n=10, seed=2, size=64, workers=1)
     torch.manual_seed(0)
-    model, tokenizer, _ = create_model("tiny")
+    model, tokenizer = create_model("tiny"), get_tokenizer("tiny")
     return manifest, save_pretrained(model, tokenizer, root / "tiny")
 
 

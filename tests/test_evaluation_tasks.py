@@ -27,14 +27,15 @@ HEADER = {"task", "checkpoint", "data", "splits", "options", "metrics", "warning
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     from medgrain.data.synthetic import generate
-    from medgrain.models import create_model, save_pretrained
+    from medgrain.models import create_model, get_tokenizer, save_pretrained
 
     root = tmp_path_factory.mktemp("evaluation")
     manifest = generate("cxr", root / "cxr", n=60, seed=3, size=64, workers=1)
     checkpoints = {}
     for preset in ("tiny-vit", "tiny"):
         torch.manual_seed(0)
-        model, tokenizer, _ = create_model(preset)
+        model = create_model(preset)
+        tokenizer = get_tokenizer(model.config)
         checkpoints[preset] = str(save_pretrained(model, tokenizer, root / preset))
     return {"manifest": manifest, "root": root, "cache": root / "cache", **checkpoints}
 

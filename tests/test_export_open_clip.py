@@ -9,7 +9,7 @@ from openclip_fixtures import TEXTS, TINY_NATIVE, write_open_clip_dir
 from medgrain.cli import main
 from medgrain.export import export
 from medgrain.export.openclip import NotExpressibleError
-from medgrain.models import create_model, load_pretrained, save_pretrained
+from medgrain.models import create_model, get_tokenizer, load_pretrained, save_pretrained
 
 TINY_TEXT = {"name_or_path": "tiny-bert", "pretrained": False, "max_length": 32}
 TIMM_VIT = {"source": "timm", "name": "vit_tiny_patch16_224", "image_size": 224}
@@ -26,7 +26,8 @@ COMBINATIONS = {
 
 def _checkpoint(tmp_path, config, seed=0):
     torch.manual_seed(seed)
-    model, tokenizer, _ = create_model(config)
+    model = create_model(config)
+    tokenizer = get_tokenizer(config)
     with torch.no_grad():
         model.logit_scale.fill_(2.5)
     return save_pretrained(model, tokenizer, tmp_path / "checkpoint")
@@ -53,7 +54,7 @@ def assert_open_clip_equals_medgrain(checkpoint, out):
     assert clip.logit_scale.item() == pytest.approx(ours.model.logit_scale.item())
     assert tuple(preprocess.transforms[-1].mean) == tuple(ours.config.preprocess.mean)
     # round trip: importing the export gives the same model again
-    back, back_tokenizer, _ = create_model(f"open_clip:local-dir:{out}")
+    back, back_tokenizer = create_model(f"open_clip:local-dir:{out}"), get_tokenizer(f"open_clip:local-dir:{out}")
     got = _embeddings(back.eval(), back_tokenizer, images)
     torch.testing.assert_close(got[0], image, rtol=0, atol=1e-5)
     torch.testing.assert_close(got[1], text, rtol=0, atol=1e-5)
@@ -69,7 +70,7 @@ def test_export_loads_in_open_clip_with_the_same_embeddings(name, tmp_path):
 def test_native_clip_round_trip_through_the_cli(tmp_path):
     """An imported native CLIP (open_clip's own text transformer), saved, exported by the command line."""
     source = write_open_clip_dir(tmp_path / "source", TINY_NATIVE)
-    model, tokenizer, _ = create_model(f"open_clip:local-dir:{source}")
+    model, tokenizer = create_model(f"open_clip:local-dir:{source}"), get_tokenizer(f"open_clip:local-dir:{source}")
     checkpoint = save_pretrained(model, tokenizer, tmp_path / "checkpoint")
     assert main(["export", str(checkpoint), "--format", "open_clip", "--out", str(tmp_path / "out")]) == 0
     assert_open_clip_equals_medgrain(checkpoint, tmp_path / "out")

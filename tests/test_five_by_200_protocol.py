@@ -44,7 +44,7 @@ def test_precision_at_k_matches_a_loop():
 def five_by_200(tmp_path_factory):
     """A tiny 5x200-shaped test set: synthetic images relabelled with one of the five classes each."""
     from medgrain.data.synthetic import generate
-    from medgrain.models import create_model, save_pretrained
+    from medgrain.models import create_model, get_tokenizer, save_pretrained
 
     root = tmp_path_factory.mktemp("5x200")
     source = read_manifest(generate("cxr", root / "cxr", n=30, seed=1, size=64, workers=1, progress=False))
@@ -54,7 +54,7 @@ def five_by_200(tmp_path_factory):
     path = root / "cxr" / "five.jsonl"
     write_manifest(records, path)
     torch.manual_seed(0)
-    model, tokenizer, _ = create_model("tiny")
+    model, tokenizer = create_model("tiny"), get_tokenizer("tiny")
     return path, str(save_pretrained(model, tokenizer, root / "tiny"))
 
 

@@ -31,10 +31,10 @@ def synthetic(tmp_path_factory):
 
 def _encoder(tmp_path, preset, **overrides):
     from medgrain.evaluation import load_encoder
-    from medgrain.models import create_model, save_pretrained
+    from medgrain.models import create_model, get_tokenizer, save_pretrained
 
     torch.manual_seed(0)
-    model, tokenizer, _ = create_model(preset, **overrides)
+    model, tokenizer = create_model(preset, **overrides), get_tokenizer(preset, **overrides)
     return load_encoder(str(save_pretrained(model, tokenizer, tmp_path / preset)), device="cpu")
 
 
@@ -129,7 +129,7 @@ def test_dense_features_are_what_the_global_feature_pools():
     from medgrain.models import create_model
 
     torch.manual_seed(0)
-    model, tokenizer, _ = create_model("tiny", token_heads=False)
+    model = create_model("tiny", token_heads=False)
     model.eval()
     images = torch.rand(2, model.config.preprocess_config().in_chans, 64, 64)
     with torch.no_grad():
@@ -140,10 +140,10 @@ def test_dense_features_are_what_the_global_feature_pools():
 
 
 def test_token_phrase_embedding_is_the_attention_weighted_word_mean():
-    from medgrain.models import create_model
+    from medgrain.models import create_model, get_tokenizer
 
     torch.manual_seed(0)
-    model, tokenizer, _ = create_model("tiny")
+    model, tokenizer = create_model("tiny"), get_tokenizer("tiny")
     model.eval()
     tokens = tokenizer(["small left pleural effusion", "cardiomegaly"])
     with torch.no_grad():

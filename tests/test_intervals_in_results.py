@@ -13,12 +13,12 @@ from medgrain.report.results import format_value
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     from medgrain.data.synthetic import generate
-    from medgrain.models import create_model, save_pretrained
+    from medgrain.models import create_model, get_tokenizer, save_pretrained
 
     root = tmp_path_factory.mktemp("intervals")
     manifest = generate("cxr", root / "cxr", n=40, seed=4, size=64, workers=1, progress=False)
     torch.manual_seed(0)
-    model, tokenizer, _ = create_model("tiny")
+    model, tokenizer = create_model("tiny"), get_tokenizer("tiny")
     return {"manifest": manifest, "checkpoint": str(save_pretrained(model, tokenizer, root / "tiny")),
             "cache": root / "cache"}
 

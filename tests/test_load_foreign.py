@@ -9,7 +9,7 @@ import torch
 from openclip_fixtures import TEXTS, TINY_NATIVE, write_open_clip_dir
 
 from medgrain.cli import main
-from medgrain.models import create_model, load_pretrained
+from medgrain.models import create_model, get_tokenizer, load_pretrained
 
 
 @pytest.fixture(scope="module")
@@ -19,11 +19,11 @@ def native(tmp_path_factory):
 
 def test_load_pretrained_takes_an_open_clip_reference(native):
     loaded = load_pretrained(f"open_clip:local-dir:{native}")
-    created = create_model(f"open_clip:local-dir:{native}")
+    model, tokenizer = create_model(f"open_clip:local-dir:{native}"), get_tokenizer(f"open_clip:local-dir:{native}")
     assert not loaded.model.training
     with torch.no_grad():
         torch.testing.assert_close(loaded.model.encode_text(loaded.tokenizer(TEXTS)),
-                                   created.model.eval().encode_text(created.tokenizer(TEXTS)))
+                                   model.eval().encode_text(tokenizer(TEXTS)))
     assert loaded.transform is not None and loaded.config.text.source == "open_clip"
 
 

@@ -25,6 +25,7 @@ from medgrain.models import (
     create_text_tower,
     create_tokenizer,
     get_model_config,
+    get_tokenizer,
     list_models,
     load_pretrained,
     save_pretrained,
@@ -47,7 +48,8 @@ def _seed():
 
 @pytest.fixture(scope="module")
 def tiny():
-    model, tokenizer, preprocess = create_model("tiny-vit")
+    model = create_model("tiny-vit")
+    tokenizer, preprocess = get_tokenizer(model.config), model.config.preprocess_config()
     return model.eval(), tokenizer, preprocess
 
 
@@ -309,20 +311,23 @@ def test_logit_scale_init_and_clamp(tiny):
 
 
 def test_mgca_heads_and_resnet_preset():
-    model, tokenizer, _ = create_model("tiny-mgca")
+    model = create_model("tiny-mgca")
+    tokenizer = get_tokenizer(model.config)
     assert isinstance(model.image_proj, MLPHead) and model.embed_dim == 128
     model.train()
     tt = model.text_tokens(tokenizer(TEXTS))
     assert tt["words"].shape[-1] == 128 and torch.all(tt["words"][~tt["word_mask"]] == 0)
 
-    model, _, preprocess = create_model("tiny")
+    model = create_model("tiny")
+    preprocess = model.config.preprocess_config()
     it = model.eval().image_tokens(images(2, preprocess.image_size))
     assert it["tokens"].shape == (2, 16, 64) and torch.allclose(it["attention"], torch.full((2, 16), 1 / 16))
 
 
 def test_word_attention_off_by_one_reproduces_mgca_code():
     """MGCA's code gives the piece at position j the [CLS] attention to position j + 1; a loop over pieces."""
-    model, tokenizer, _ = create_model("tiny")
+    model = create_model("tiny")
+    tokenizer = get_tokenizer(model.config)
     model.eval()
     text = tokenizer(["pneumothorax with cardiomegaly", "no acute disease", "effusion"])
     with torch.no_grad():
@@ -347,17 +352,40 @@ def test_word_attention_off_by_one_reproduces_mgca_code():
 
 
 def test_single_channel_images():
-    model, _, preprocess = create_model("tiny", preprocess={"mean": [0.5], "std": [0.25], "in_chans": 1})
+    model = create_model("tiny", preprocess={"mean": [0.5], "std": [0.25], "in_chans": 1})
+    preprocess = model.config.preprocess_config()
     assert preprocess.in_chans == 1 and preprocess.mean == (0.5,)
     with torch.no_grad():
         assert model.eval().encode_image(images(2, 64, channels=1)).shape == (2, 64)
 
 
 def test_token_outputs_need_token_heads():
-    model, tokenizer, _ = create_model("tiny-vit", token_heads=False)
+    model = create_model("tiny-vit", token_heads=False)
+    tokenizer = get_tokenizer(model.config)
     assert not hasattr(model, "image_token_proj")
     with pytest.raises(RuntimeError, match="token_heads"):
         model.text_tokens(tokenizer(TEXTS))
+
+
+def test_factory_follows_open_clip_and_timm():
+    """create_model returns the module (timm, open_clip); create_model_and_transforms returns
+    (model, preprocess_train, preprocess_val) and get_tokenizer the preset's tokenizer (open_clip)."""
+    import medgrain
+    from medgrain.data.transforms import eval_transform
+
+    model = medgrain.create_model("tiny", embed_dim=32)
+    assert isinstance(model, DualEncoder) and model.embed_dim == 32
+    model, preprocess_train, preprocess_val = medgrain.create_model_and_transforms("tiny", embed_dim=32)
+    assert isinstance(model, DualEncoder) and model.embed_dim == 32
+    image = torch.randint(0, 256, (3, 80, 96), dtype=torch.uint8)
+    expected = eval_transform(model.config.preprocess_config())(image)
+    assert torch.equal(preprocess_val(image), expected) and expected.shape == (3, 64, 64)
+    assert preprocess_train(image).shape == (3, 64, 64)
+    tokenizer = medgrain.get_tokenizer("tiny", text={"max_length": 8})
+    assert tokenizer.max_length == 8
+    assert tokenizer(TEXTS)["input_ids"].shape == (3, 8)
+    with torch.no_grad():
+        assert model.eval().encode_text(tokenizer(TEXTS)).shape == (3, 32)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -394,7 +422,8 @@ def test_hub_names_offline_give_a_clear_error():
 
 
 def test_minilm_preset_loads_offline():
-    model, tokenizer, preprocess = create_model("minilm-vit-small")
+    model = create_model("minilm-vit-small")
+    tokenizer, preprocess = get_tokenizer(model.config), model.config.preprocess_config()
     from safetensors.torch import load_file
 
     reference = load_file(f"{text_module.minilm_path()}/model.safetensors")
@@ -445,9 +474,10 @@ def test_save_load_round_trip_without_original_sources(tiny, tmp_path, monkeypat
 def test_round_trip_after_text_folder_is_deleted(tmp_path):
     folder = tmp_path / "bert"
     shutil.copytree(text_module.minilm_path(), folder)
-    model, tokenizer, preprocess = create_model(
+    model = create_model(
         "tiny", text={"name_or_path": str(folder), "pretrained": True, "num_hidden_layers": 1}
     )
+    tokenizer, preprocess = get_tokenizer(model.config), model.config.preprocess_config()
     save_pretrained(model.eval(), tokenizer, tmp_path / "ckpt")
     shutil.rmtree(folder)
     loaded = load_pretrained(tmp_path / "ckpt")
@@ -456,10 +486,11 @@ def test_round_trip_after_text_folder_is_deleted(tmp_path):
 
 
 def test_open_clip_round_trip(tmp_path):
-    model, tokenizer, preprocess = create_model(
+    model = create_model(
         {"image": {"source": "open_clip", "name": "ViT-B-16", "image_size": 32, "kwargs": TINY_OPEN_CLIP},
          "text": {"name_or_path": "tiny-bert", "pretrained": False}, "embed_dim": 16, "token_heads": True}
     )
+    tokenizer = get_tokenizer(model.config)
     save_pretrained(model.eval(), tokenizer, tmp_path / "ckpt")
     _assert_same_outputs(model, load_pretrained(tmp_path / "ckpt").model, tokenizer, 32)
 
@@ -469,7 +500,8 @@ def test_identity_image_head_keeps_open_clips_projection(tmp_path):
     config = {"image": {"source": "open_clip", "name": "ViT-B-16", "image_size": 32, "kwargs": TINY_OPEN_CLIP},
               "text": {"name_or_path": "tiny-bert", "pretrained": False}, "embed_dim": 32,
               "head": "linear", "image_head": "identity", "token_heads": True}
-    model, tokenizer, _ = create_model(config)
+    model = create_model(config)
+    tokenizer = get_tokenizer(model.config)
     model.eval()
     assert isinstance(model.image_proj, torch.nn.Identity) and isinstance(model.text_proj, torch.nn.Linear)
     x = images(2, 32)

@@ -16,7 +16,14 @@ from openclip_fixtures import (
     write_open_clip_dir,
 )
 
-from medgrain.models import PretrainedUnavailableError, create_model, load_pretrained, save_pretrained
+from medgrain.models import (
+    PretrainedUnavailableError,
+    create_model,
+    get_tokenizer,
+    load_pretrained,
+    save_pretrained,
+)
+from medgrain.models.factory import create_model_and_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -63,14 +70,15 @@ def assert_same_embeddings(ref, model, tokenizer, size, n_images=2):
 def test_import_equals_open_clip(which, request):
     directory = request.getfixturevalue(which)
     ref = f"local-dir:{directory}"
-    model, tokenizer, preprocess = create_model(f"open_clip:{ref}")
+    model = create_model(f"open_clip:{ref}")
+    tokenizer, preprocess = get_tokenizer(f"open_clip:{ref}"), model.config.preprocess_config()
     assert preprocess.mean == (0.5, 0.4, 0.3) and preprocess.std == (0.2, 0.25, 0.3)
     assert preprocess.image_size == (32 if which == "tiny_native" else 224)
     assert_same_embeddings(ref, model, tokenizer, preprocess.image_size)
 
 
 def test_custom_text_maps_onto_medgrains_towers(tiny_custom):
-    model = create_model(f"open_clip:local-dir:{tiny_custom}").model
+    model = create_model(f"open_clip:local-dir:{tiny_custom}")
     config = model.config
     assert (config.image.source, config.image.name) == ("timm", "vit_tiny_patch16_224")
     assert (config.text.pooling, config.text_head, config.image_head) == ("cls", "gelu-mlp", "linear")
@@ -80,7 +88,8 @@ def test_custom_text_maps_onto_medgrains_towers(tiny_custom):
 def test_token_outputs_on_imported_towers(which, request):
     """MGCA's inputs: patch tokens with a grid and [CLS] attention, word pieces merged by word ids."""
     directory = request.getfixturevalue(which)
-    model, tokenizer, preprocess = create_model(f"open_clip:local-dir:{directory}")
+    model = create_model(f"open_clip:local-dir:{directory}")
+    tokenizer, preprocess = get_tokenizer(f"open_clip:local-dir:{directory}"), model.config.preprocess_config()
     model.eval()
     text = tokenizer(TEXTS)
     size = preprocess.image_size
@@ -103,7 +112,8 @@ def test_token_outputs_on_imported_towers(which, request):
 def test_native_text_attention_is_the_end_of_text_row(tiny_native):
     """The pooled (end-of-text) token's last-block attention, over the tokens it can see, from a direct
     float64 recomputation of the block's attention."""
-    model, tokenizer, _ = create_model(f"open_clip:local-dir:{tiny_native}")
+    model = create_model(f"open_clip:local-dir:{tiny_native}")
+    tokenizer = get_tokenizer(f"open_clip:local-dir:{tiny_native}")
     model.eval()
     text = tokenizer(TEXTS)
     ids = text["input_ids"]
@@ -133,7 +143,8 @@ def test_native_text_attention_is_the_end_of_text_row(tiny_native):
 
 def test_imported_model_saves_and_loads(tiny_native, tiny_custom, tmp_path):
     for i, directory in enumerate((tiny_native, tiny_custom)):
-        model, tokenizer, preprocess = create_model(f"open_clip:local-dir:{directory}")
+        model = create_model(f"open_clip:local-dir:{directory}")
+        tokenizer, preprocess = get_tokenizer(f"open_clip:local-dir:{directory}"), model.config.preprocess_config()
         save_pretrained(model, tokenizer, tmp_path / str(i))
         loaded = load_pretrained(tmp_path / str(i))
         images = torch.randn(2, 3, preprocess.image_size, preprocess.image_size)
@@ -143,7 +154,7 @@ def test_imported_model_saves_and_loads(tiny_native, tiny_custom, tmp_path):
 
 
 def test_overrides_that_keep_the_towers_apply(tiny_native):
-    model = create_model(f"open_clip:local-dir:{tiny_native}", head="mlp", head_hidden=16).model
+    model = create_model(f"open_clip:local-dir:{tiny_native}", head="mlp", head_hidden=16)
     assert model.config.head == "mlp" and model.config.text_head == "identity"
     with pytest.raises(ValueError, match="change the architecture"):
         create_model(f"open_clip:local-dir:{tiny_native}", image={"image_size": 64})
@@ -155,7 +166,8 @@ def test_builtin_name_random_weights_and_published_vit_b16():
     import open_clip
 
     torch.manual_seed(0)
-    model, tokenizer, preprocess = create_model("open_clip:ViT-B-16")
+    model, tokenizer = create_model_and_tokenizer("open_clip:ViT-B-16")  # open_clip's model built once
+    preprocess = model.config.preprocess_config()
     assert preprocess.image_size == 224 and model.embed_dim == 512
     assert model.config.image.kwargs["vision_cfg"]["width"] == 768
     # same weights into open_clip's own model: compare through its encoders
@@ -176,7 +188,8 @@ def test_builtin_name_random_weights_and_published_vit_b16():
 def test_biomedclip_shape(tmp_path, bert_dir):
     """BiomedCLIP's layout at its published image size: timm ViT-B/16, 224 px, BERT [CLS], MLP projection."""
     directory = write_open_clip_dir(tmp_path / "biomedclip", biomedclip_cfg(BIOMEDCLIP_VISION), bert_dir=bert_dir)
-    model, tokenizer, preprocess = create_model(f"open_clip:local-dir:{directory}")
+    model = create_model(f"open_clip:local-dir:{directory}")
+    tokenizer, preprocess = get_tokenizer(f"open_clip:local-dir:{directory}"), model.config.preprocess_config()
     assert preprocess.image_size == 224 and model.config.image.name == "vit_base_patch16_224"
     assert_same_embeddings(f"local-dir:{directory}", model, tokenizer, 224, n_images=1)
 

@@ -185,7 +185,7 @@ def test_a_batch_with_no_good_record_is_stepped_over_and_counted(synth_manifest,
     torch.manual_seed(cfg.train.seed)
     from medgrain.models import create_model
 
-    initial = create_model(cfg.model.preset, **cfg.model.overrides).model.state_dict()
+    initial = create_model(cfg.model.preset, **cfg.model.overrides).state_dict()
     after_one = load_file(str(untouched.last_checkpoint / "model.safetensors"))
     assert all(torch.equal(after_one[k], initial[k]) for k in after_one)
     state = torch.load(untouched.last_checkpoint / "train_state.pt", weights_only=True)

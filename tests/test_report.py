@@ -19,7 +19,7 @@ import torch
 
 from medgrain.data.manifest import read_manifest
 from medgrain.losses.objective import OBJECTIVES
-from medgrain.models import create_model, save_pretrained
+from medgrain.models import create_model, get_tokenizer, save_pretrained
 from medgrain.report import (
     build_report,
     check_in_browser,
@@ -61,8 +61,7 @@ def _run(root, manifest, objective: str, seed: int):
     config = load_config({"data": {"manifest": str(manifest)}, "model": {"preset": preset},
                           "objective": {"name": objective}, "train": {"output_dir": str(out), "seed": seed}})
     torch.manual_seed(seed)
-    created = create_model(preset)
-    save_pretrained(created.model.eval(), created.tokenizer, out / "checkpoints" / "best")
+    save_pretrained(create_model(preset).eval(), get_tokenizer(preset), out / "checkpoints" / "best")
     (out / "run.yaml").write_text(config.to_yaml())
     parts = ["loss"] if objective == "clip" else ["loss", "ita", "tca", "cpa"]
     (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _history(parts, seed)))

@@ -96,13 +96,14 @@ def test_an_epoch_holds_whole_accumulation_groups():
 @pytest.mark.parametrize("name", [n for n in OBJECTIVES.names() if OBJECTIVES.get(n).aligns_tokens])
 def test_word_weight_off_by_one_reaches_the_text_tower(name):
     from medgrain.losses.objective import build_objective
-    from medgrain.models import create_model
+    from medgrain.models import create_model, get_tokenizer
     from medgrain.training.config import load_config
 
     cfg = load_config({"data": {"manifest": "m.jsonl"},
                        "objective": {"name": name, "mgca": {"num_prototypes": 4, "word_weight_off_by_one": True}}})
     objective = build_objective(cfg.objective, ["abnormality"], has_report=True, embed_dim=128)
-    model, tokenizer, preprocess = create_model("tiny-mgca")
+    model = create_model("tiny-mgca")
+    tokenizer, preprocess = get_tokenizer(model.config), model.config.preprocess_config()
     seen = []
     real = model.text_tokens
     model.text_tokens = lambda text, **kw: seen.append(kw) or real(text, **kw)

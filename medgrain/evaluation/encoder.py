@@ -63,8 +63,8 @@ def load_encoder(checkpoint: str | Path, model: str = "tiny", seed: int = 0, dev
     - ``imagenet``: preset ``model`` with its image tower's ImageNet weights, from timm's default tag
       (needs the weights in the local hub cache) or from ``imagenet_weights``, a local weights file.
     """
-    from medgrain.models import PretrainedUnavailableError, create_model, load_pretrained
-    from medgrain.models.factory import CONFIG_NAME, foreign_source, source_files
+    from medgrain.models import PretrainedUnavailableError, load_pretrained
+    from medgrain.models.factory import CONFIG_NAME, create_model_and_tokenizer, foreign_source, source_files
 
     device = torch.device(device) if device is not None else default_device()
     checkpoint = str(checkpoint)
@@ -91,7 +91,7 @@ def load_encoder(checkpoint: str | Path, model: str = "tiny", seed: int = 0, dev
         overrides = {"image": {"pretrained": imagenet_weights or "default"}}
     torch.manual_seed(seed)
     try:
-        created = create_model(model, **overrides)
+        encoder, tokenizer = create_model_and_tokenizer(model, **overrides)
     except (PretrainedUnavailableError, RuntimeError, FileNotFoundError) as e:
         if checkpoint != "imagenet":
             raise
@@ -99,8 +99,8 @@ def load_encoder(checkpoint: str | Path, model: str = "tiny", seed: int = 0, dev
             f"the imagenet baseline of preset {model!r} needs ImageNet weights for its image tower, which could "
             f"not be loaded: {e}. Pass a local weights file with --imagenet-weights FILE."
         ) from e
-    config = created.model.config
+    config = encoder.config
     key = hashlib.sha256(json.dumps({"baseline": checkpoint, "seed": seed, "weights": imagenet_weights,
                                      "config": config.model_dump(mode="json"), "torch": torch.__version__},
                                     sort_keys=True).encode()).hexdigest()
-    return Encoder(created.model.to(device).eval(), created.tokenizer, created.preprocess, config, checkpoint, key)
+    return Encoder(encoder.to(device).eval(), tokenizer, config.preprocess_config(), config, checkpoint, key)

@@ -2,7 +2,6 @@
 
 from medgrain.models.dual import DualEncoder
 from medgrain.models.factory import (
-    Created,
     ImageTowerConfig,
     ModelConfig,
     PreprocessSpec,
@@ -11,6 +10,7 @@ from medgrain.models.factory import (
     create_model,
     create_model_and_transforms,
     get_model_config,
+    get_tokenizer,
     list_models,
     load_pretrained,
     register_model,
@@ -30,7 +30,6 @@ from medgrain.models.image import (
 from medgrain.models.text import TextOutput, TextTower, create_text_tower, create_tokenizer, merge_wordpieces
 
 __all__ = [
-    "Created",
     "DualEncoder",
     "ImageOutput",
     "ImageTower",
@@ -54,6 +53,7 @@ __all__ = [
     "create_text_tower",
     "create_tokenizer",
     "get_model_config",
+    "get_tokenizer",
     "list_models",
     "load_pretrained",
     "merge_wordpieces",

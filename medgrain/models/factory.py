@@ -1,6 +1,6 @@
 """Named model configs, model creation, and the checkpoint directory.
 
-``create_model("tiny")`` builds a DualEncoder with its tokenizer and preprocessing from a preset
+``create_model("tiny")`` builds a DualEncoder (``get_tokenizer``, ``create_model_and_transforms``) from a preset
 (open_clip's factory, in medgrain's words). ``save_pretrained`` / ``load_pretrained`` write and read
 a directory that rebuilds the same model with nothing else: no network, no original text-tower
 folder, nothing unpickled.
@@ -96,12 +96,6 @@ class ModelConfig(_Strict):
         return PreprocessConfig(image_size=self.image.image_size, mean=p.mean, std=p.std, in_chans=p.in_chans)
 
 
-class Created(NamedTuple):
-    model: DualEncoder
-    tokenizer: Tokenizer
-    preprocess: PreprocessConfig
-
-
 class Pretrained(NamedTuple):
     model: DualEncoder
     tokenizer: Tokenizer
@@ -175,7 +169,7 @@ register_model("effnet-minilm-mgca", {"image": EFFNET_LITE0, "text": MINILM, **M
 # MGLL: OpenAI CLIP ViT-L/14 (with the QuickGELU it was trained with) and Bio_ClinicalBERT, 768-d.
 # The image embedding is CLIP's own projection (no head on top, as in MGLL's code); the text gets a
 # bias-free linear head (FLAIR's projection). MGLL's BERT wrapper (FLAIR's) averages layers 1, 2 and the last, then all
-# positions including padding; here over real tokens ("flair-masked"; configs/mgll-original-code.yaml
+# positions including padding; here over real tokens ("flair-masked"; medgrain/configs/mgll-original-code.yaml
 # keeps the padding, "flair").
 register_model("mgll-paper", {
     "image": {"source": "open_clip", "name": "ViT-L-14-quickgelu", "pretrained": "openai", "image_size": 224},
@@ -256,25 +250,49 @@ def _build(config: ModelConfig, text_config: dict[str, Any] | None = None) -> Du
     )
 
 
-def create_model(name_or_config: str | ModelConfig | dict[str, Any], **overrides) -> Created:
-    """Build ``Created(model, tokenizer, preprocess)`` (a NamedTuple: unpack it or use the fields).
+def create_model(name_or_config: str | ModelConfig | dict[str, Any], **overrides) -> DualEncoder:
+    """Build the DualEncoder of a preset (``list_models()``), a ModelConfig or a dict, as timm and
+    open_clip's ``create_model`` do; its tokenizer is ``get_tokenizer`` and its preprocessing
+    ``model.config.preprocess_config()`` (or ``create_model_and_transforms``).
 
-    ``name_or_config`` is a preset (``list_models()``), a ModelConfig or a dict; ``overrides`` are
-    ModelConfig fields, e.g. ``create_model("tiny", embed_dim=32, text={"max_length": 32})``.
+    ``overrides`` are ModelConfig fields, e.g. ``create_model("tiny", embed_dim=32, text={"max_length": 32})``.
     Pretrained weights come from local paths in the config; a hub name that cannot be fetched raises
     PretrainedUnavailableError saying what to pass instead.
     """
-    if isinstance(name_or_config, str) and name_or_config.split(":", 1)[0] in MODEL_SOURCES:
+    if _is_source_ref(name_or_config):
+        return _create_from_source(name_or_config, overrides)[0]
+    return _build(resolve_config(name_or_config, **overrides))
+
+
+def get_tokenizer(name_or_config: str | ModelConfig | dict[str, Any], **overrides) -> Tokenizer:
+    """The tokenizer of a preset, a ModelConfig or a dict (open_clip's ``get_tokenizer``): the text
+    tower's vocabulary, truncating at the config's ``text.max_length``. For ``"<source>:<ref>"`` it is
+    the source's own tokenizer (which reads the source checkpoint)."""
+    if _is_source_ref(name_or_config):
+        return import_model(name_or_config).tokenizer
+    return _tokenizer_of(resolve_config(name_or_config, **overrides))
+
+
+def create_model_and_tokenizer(name_or_config: str | ModelConfig | dict[str, Any],
+                               **overrides) -> tuple[DualEncoder, Tokenizer]:
+    """``(create_model(...), get_tokenizer(...))`` from one build, for callers that need both (the
+    trainer, evaluation): a ``"<source>:<ref>"`` checkpoint is then read once."""
+    if _is_source_ref(name_or_config):
         return _create_from_source(name_or_config, overrides)
     config = resolve_config(name_or_config, **overrides)
-    model = _build(config)
+    return _build(config), _tokenizer_of(config)
+
+
+def _is_source_ref(name_or_config: Any) -> bool:
+    return isinstance(name_or_config, str) and name_or_config.split(":", 1)[0] in MODEL_SOURCES
+
+
+def _tokenizer_of(config: ModelConfig) -> Tokenizer:
     if config.text.source == "open_clip":
         from medgrain.models.openclip_text import clip_bpe_tokenizer
 
-        tokenizer = clip_bpe_tokenizer(config.text.max_length)
-    else:
-        tokenizer = create_tokenizer(config.text.name_or_path, config.text.max_length)
-    return Created(model, tokenizer, config.preprocess_config())
+        return clip_bpe_tokenizer(config.text.max_length)
+    return create_tokenizer(config.text.name_or_path, config.text.max_length)
 
 
 # A preset name "<source>:<ref>" builds the model from another library's checkpoint: the source's
@@ -323,7 +341,7 @@ def import_model(ref: str) -> Imported:
     return getattr(importlib.import_module(module), function)(rest)
 
 
-def _create_from_source(ref: str, overrides: dict[str, Any]) -> Created:
+def _create_from_source(ref: str, overrides: dict[str, Any]) -> tuple[DualEncoder, Tokenizer]:
     imported = import_model(ref)
     config = resolve_config(imported.config, **overrides)
     model = _build(config, text_config=imported.text_config)
@@ -336,15 +354,17 @@ def _create_from_source(ref: str, overrides: dict[str, Any]) -> Created:
     missing = [k for k in missing if not k.startswith(fresh)]
     if missing or unexpected:
         raise ValueError(f"{changed} (missing {sorted(missing)}, unexpected {sorted(unexpected)})")
-    return Created(model, imported.tokenizer, config.preprocess_config())
+    return model, imported.tokenizer
 
 
 def create_model_and_transforms(name_or_config: str | ModelConfig | dict[str, Any], **overrides):
-    """open_clip-style: ``(model, tokenizer, pretrain_transform, eval_transform)``."""
+    """open_clip's convention: ``(model, preprocess_train, preprocess_val)``, the model with its
+    pretraining augmentation and its evaluation transform (``medgrain.data.transforms``)."""
     from medgrain.data.transforms import eval_transform, pretrain_transform
 
-    model, tokenizer, preprocess = create_model(name_or_config, **overrides)
-    return model, tokenizer, pretrain_transform(preprocess), eval_transform(preprocess)
+    model = create_model(name_or_config, **overrides)
+    preprocess = model.config.preprocess_config()
+    return model, pretrain_transform(preprocess), eval_transform(preprocess)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -460,9 +480,9 @@ def load_pretrained(directory: str | Path, device: str | torch.device = "cpu") -
 
     foreign = foreign_source(directory)
     if foreign is not None:  # another library's model: built as create_model builds it
-        created = create_model(foreign)
-        config = created.model.config
-        return Pretrained(created.model.to(device).eval(), created.tokenizer, eval_transform(created.preprocess), config)
+        model, tokenizer = create_model_and_tokenizer(foreign)
+        config = model.config
+        return Pretrained(model.to(device).eval(), tokenizer, eval_transform(config.preprocess_config()), config)
     directory = Path(directory)
     meta = read_config(directory)
     with loading(directory / CONFIG_NAME):

@@ -22,7 +22,7 @@ from ..data.dataset import Collator, ImageTextDataset, num_samples, take_rows
 from ..data.manifest import Manifest, read_manifest
 from ..data.transforms import eval_transform, pretrain_transform
 from ..losses.objective import Objective, build_objective
-from ..models import create_model
+from ..models.factory import create_model_and_tokenizer
 from ..threads import use_threads
 from .checkpoint import find_resumable, link_checkpoint, load_training_state, save_checkpoint
 from .config import RunConfig
@@ -243,8 +243,7 @@ def set_up(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> Run:
 
     # Same initialisation on every rank (DDP also broadcasts it); then per-rank streams for dropout.
     _seed_everything(t.seed)
-    created = create_model(cfg.model.preset, **cfg.model.overrides)
-    model, tokenizer = created.model, created.tokenizer
+    model, tokenizer = create_model_and_tokenizer(cfg.model.preset, **cfg.model.overrides)
     if cfg.data.max_length:
         tokenizer.max_length = cfg.data.max_length
     granularities = cfg.data.granularities or manifest.granularities
@@ -252,7 +251,7 @@ def set_up(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> Run:
     objective = build_objective(cfg.objective, granularities, has_report, embed_dim=model.embed_dim)
     _seed_everything(t.seed + 1000 * env.rank)
 
-    train_ds, valid_ds, collate = _datasets(cfg, manifest, granularities, objective, created.preprocess, tokenizer)
+    train_ds, valid_ds, collate = _datasets(cfg, manifest, granularities, objective, model.config.preprocess_config(), tokenizer)
     train_sampler = ShardedBatchSampler(len(train_ds), t.batch_size, t.seed, env.rank, env.world_size,
                                         multiple_of=t.grad_accum)
     steps_per_epoch = len(train_sampler) // t.grad_accum
