@@ -20,12 +20,17 @@ from medgrain.models import load_pretrained
 
 OPEN_CLIP_VIT = {"source": "open_clip", "name": "ViT-B-16", "image_size": 32,
                  "kwargs": {"embed_dim": 32, "vision_cfg": TINY_NATIVE["vision_cfg"]}}
+NATIVE_TEXT = {"source": "open_clip", "name_or_path": "clip-bpe", "pretrained": False, "max_length": 77,
+               "config": {"model_type": "open_clip_text", "text_cfg": TINY_NATIVE["text_cfg"], "embed_dim": 32,
+                          "quick_gelu": False}}
 COMBINATIONS = {
     "clip-vit+bert-cls+linear": {"image": OPEN_CLIP_VIT, "text": {**TINY_TEXT, "pooling": "cls"}, "embed_dim": 32,
                                  "image_head": "identity"},
     "timm-vit+bert-mean+gelu-mlp": {"image": {"source": "timm", "name": "vit_tiny_patch16_224", "image_size": 32,
                                               "kwargs": {"patch_size": 8}},
                                     "text": {**TINY_TEXT, "pooling": "mean"}, "embed_dim": 32, "text_head": "gelu-mlp"},
+    "clip-vit+clip-text (native CLIP)": {"image": OPEN_CLIP_VIT, "embed_dim": 32, "image_head": "identity",
+                                         "text_head": "identity", "text": NATIVE_TEXT},
     "timm-cnn+bert-cls+linear": {"image": {"source": "timm", "name": "resnet18", "image_size": 64},
                                  "text": {**TINY_TEXT, "pooling": "cls"}, "embed_dim": 32},
 }

@@ -23,6 +23,12 @@ IMAGE_LOADERS = {
                     "image_model = AutoModelForImageClassification.from_pretrained(\"DIR/image\").eval()\n"
                     "image_embedding = image_model(pixel_values=pixels).logits  # the classifier head is the projection",
 }
+CLIP_TEXT_LOADER = """from transformers import AutoTokenizer, CLIPTextModelWithProjection
+tokenizer = AutoTokenizer.from_pretrained("DIR/text")
+text_model = CLIPTextModelWithProjection.from_pretrained("DIR/text").eval()
+batch = tokenizer(texts, padding=True, truncation=True, max_length=text_model.config.max_position_embeddings,
+                  return_tensors="pt")
+text_embedding = text_model(**batch).text_embeds"""
 TEXT_LOADER = """import json, torch
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoTokenizer
@@ -86,7 +92,7 @@ def _results(checkpoint: Path | None) -> list[dict[str, Any]]:
     return entries
 
 
-def model_card(config: ModelConfig, image_kind: str, checkpoint: Path | None) -> str:
+def model_card(config: ModelConfig, image_kind: str, text_kind: str, checkpoint: Path | None) -> str:
     run = _run_config(checkpoint)
     objective = (run.get("objective") or {}).get("name", "unknown")
     data = run.get("data") or {}
@@ -114,7 +120,7 @@ An image encoder and a text encoder trained with medgrain, aligned in one {confi
 - objective: `{objective}`
 - training data: `{manifest}`
 - image tower: `{config.image.source}:{config.image.name}` at {config.image.image_size} px
-- text tower: `{config.text.name_or_path}`, {config.text.pooling} pooling
+- text tower: `{config.text.name_or_path}`, {"open_clip's text transformer (end-of-text token)" if text_kind == "clip_text" else f"{config.text.pooling} pooling"}
 - the full run configuration is the checkpoint's `run.yaml`{"" if run else " (not found next to the checkpoint)"}
 
 ## Evaluation
@@ -135,7 +141,7 @@ Images: normalise with `image/preprocessor_config.json` (mean {list(config.prepr
 Texts:
 
 ```python
-{TEXT_LOADER}
+{CLIP_TEXT_LOADER if text_kind == "clip_text" else TEXT_LOADER}
 ```
 
 Normalise both embeddings (L2) before comparing them. With medgrain: `medgrain.load_pretrained("DIR")`.

@@ -7,7 +7,8 @@ Layout::
     OUT/image/                    CLIPVisionModelWithProjection (an open_clip CLIP ViT) or a timm_wrapper model
                                   (a timm tower; its classifier head is medgrain's projection), preprocessor_config.json
     OUT/text/                     the text tower's own transformers class (BertModel...), tokenizer files,
-                                  projection.safetensors and projection.json (pooling and projection kind)
+                                  projection.safetensors and projection.json (pooling and projection kind);
+                                  open_clip's own text transformer as CLIPTextModelWithProjection
 
 CLIP ViT weights follow transformers' CLIP layout (Radford et al., ICML 2021, arXiv:2103.00020): open_clip's
 fused ``in_proj`` is split into q/k/v, ``proj`` transposed into ``visual_projection``.
@@ -38,11 +39,29 @@ CLIP_VISION_UNSUPPORTED = ("ls_init_value", "attentional_pool", "no_ln_pre", "fi
 # ------------------------------------------------------------------------------ CLIP ViT <-> transformers
 
 
-def _layer_pairs(i: int) -> list[tuple[str, str]]:
-    oc, hf = f"transformer.resblocks.{i}.", f"vision_model.encoder.layers.{i}."
+def _layer_pairs(i: int, prefix: str = "vision_model.encoder.layers.") -> list[tuple[str, str]]:
+    oc, hf = f"transformer.resblocks.{i}.", f"{prefix}{i}."
     names = [("ln_1", "layer_norm1"), ("ln_2", "layer_norm2"), ("attn.out_proj", "self_attn.out_proj"),
              ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2")]
     return [(f"{oc}{a}.{p}", f"{hf}{b}.{p}") for a, b in names for p in ("weight", "bias")]
+
+
+def _split_qkv(state: dict[str, torch.Tensor], layers: int, prefix: str) -> dict[str, torch.Tensor]:
+    out = {}
+    for i in range(layers):
+        w, b = state[f"transformer.resblocks.{i}.attn.in_proj_weight"], state[f"transformer.resblocks.{i}.attn.in_proj_bias"]
+        for x, wi, bi in zip("qkv", w.chunk(3), b.chunk(3)):
+            out[f"{prefix}{i}.self_attn.{x}_proj.weight"], out[f"{prefix}{i}.self_attn.{x}_proj.bias"] = wi, bi
+    return out
+
+
+def _merge_qkv(state: dict[str, torch.Tensor], layers: int, prefix: str) -> dict[str, torch.Tensor]:
+    out = {}
+    for i in range(layers):
+        for p in ("weight", "bias"):
+            out[f"transformer.resblocks.{i}.attn.in_proj_{p}"] = torch.cat(
+                [state[f"{prefix}{i}.self_attn.{x}_proj.{p}"] for x in "qkv"])
+    return out
 
 
 def _clip_pairs(layers: int) -> list[tuple[str, str]]:
@@ -56,25 +75,64 @@ def _clip_pairs(layers: int) -> list[tuple[str, str]]:
     return pairs
 
 
+def _clip_text_pairs(layers: int) -> list[tuple[str, str]]:
+    pairs = [("token_embedding.weight", "text_model.embeddings.token_embedding.weight"),
+             ("positional_embedding", "text_model.embeddings.position_embedding.weight"),
+             ("ln_final.weight", "text_model.final_layer_norm.weight"),
+             ("ln_final.bias", "text_model.final_layer_norm.bias")]
+    for i in range(layers):
+        pairs += _layer_pairs(i, "text_model.encoder.layers.")
+    return pairs
+
+
+def open_clip_to_hf_text(state: dict[str, torch.Tensor], layers: int) -> dict[str, torch.Tensor]:
+    """open_clip TextTransformer weights -> CLIPTextModelWithProjection's."""
+    out = {hf: state[oc] for oc, hf in _clip_text_pairs(layers)}
+    out.update(_split_qkv(state, layers, "text_model.encoder.layers."))
+    out["text_projection.weight"] = state["text_projection"].T
+    return {k: v.detach().contiguous() for k, v in out.items()}
+
+
+def hf_to_open_clip_text(state: dict[str, torch.Tensor], layers: int) -> dict[str, torch.Tensor]:
+    out = {oc: state[hf] for oc, hf in _clip_text_pairs(layers)}
+    out.update(_merge_qkv(state, layers, "text_model.encoder.layers."))
+    out["text_projection"] = state["text_projection.weight"].T.contiguous()
+    return out
+
+
+def clip_text_config(tower, tokenizer):
+    """transformers' CLIPTextConfig of open_clip's text transformer (medgrain's OpenCLIPTextTower)."""
+    from transformers import CLIPTextConfig
+
+    t = tower.transformer
+    cfg = tower.config
+    odd = [k for k in CLIP_VISION_UNSUPPORTED if cfg.text_cfg.get(k)]
+    if odd or not isinstance(t.text_projection, torch.nn.Parameter):
+        raise NotExpressibleError(f"open_clip text_cfg {odd or ['proj_type/proj_bias']}: transformers' CLIP text "
+                                  "model has no counterpart")
+    hf = tokenizer.hf
+    return CLIPTextConfig(
+        vocab_size=t.vocab_size, hidden_size=t.width, intermediate_size=t.transformer.resblocks[0].mlp.c_fc.out_features,
+        num_hidden_layers=t.transformer.layers, num_attention_heads=t.heads, max_position_embeddings=t.context_length,
+        hidden_act="quick_gelu" if cfg.quick_gelu else "gelu", layer_norm_eps=t.ln_final.eps,
+        projection_dim=cfg.embed_dim, bos_token_id=hf.bos_token_id, pad_token_id=hf.pad_token_id,
+        # pooled at the first end-of-text token, as open_clip's argmax (the end-of-text id is the largest)
+        eos_token_id=hf.eos_token_id if t.pool_type == "argmax" else t.eos_id,
+    )
+
+
 def open_clip_to_hf_vision(state: dict[str, torch.Tensor], layers: int) -> dict[str, torch.Tensor]:
     """open_clip VisionTransformer weights -> CLIPVisionModelWithProjection's."""
     out = {hf: state[oc] for oc, hf in _clip_pairs(layers)}
-    for i in range(layers):
-        q, k, v = (f"vision_model.encoder.layers.{i}.self_attn.{x}_proj" for x in "qkv")
-        w, b = state[f"transformer.resblocks.{i}.attn.in_proj_weight"], state[f"transformer.resblocks.{i}.attn.in_proj_bias"]
-        for name, wi, bi in zip((q, k, v), w.chunk(3), b.chunk(3)):
-            out[f"{name}.weight"], out[f"{name}.bias"] = wi, bi
+    out.update(_split_qkv(state, layers, "vision_model.encoder.layers."))
     out["visual_projection.weight"] = state["proj"].T
-    return {k: v.contiguous() for k, v in out.items()}
+    return {k: v.detach().contiguous() for k, v in out.items()}
 
 
 def hf_to_open_clip_vision(state: dict[str, torch.Tensor], layers: int) -> dict[str, torch.Tensor]:
     """The inverse of open_clip_to_hf_vision."""
     out = {oc: state[hf] for oc, hf in _clip_pairs(layers)}
-    for i in range(layers):
-        prefix = f"vision_model.encoder.layers.{i}.self_attn."
-        out[f"transformer.resblocks.{i}.attn.in_proj_weight"] = torch.cat([state[f"{prefix}{x}_proj.weight"] for x in "qkv"])
-        out[f"transformer.resblocks.{i}.attn.in_proj_bias"] = torch.cat([state[f"{prefix}{x}_proj.bias"] for x in "qkv"])
+    out.update(_merge_qkv(state, layers, "vision_model.encoder.layers."))
     out["proj"] = state["visual_projection.weight"].T.contiguous()
     return out
 
@@ -184,12 +242,31 @@ def _write_image(model, config: ModelConfig, out: Path) -> str:
 # ------------------------------------------------------------------------------ text side
 
 
-def _write_text(model, config: ModelConfig, tokenizer, out: Path) -> None:
+def _write_clip_text(model, config: ModelConfig, tokenizer, out: Path) -> None:
+    """open_clip's own text transformer as CLIPTextModelWithProjection (its projection included)."""
     from safetensors.torch import save_file
 
-    if config.text.source != "transformers":
-        raise NotExpressibleError("open_clip's own text transformer: the hf export writes Hugging Face text "
-                                  "towers only (use --format open_clip for this model)")
+    if _head(config, "text") != "identity":
+        raise NotExpressibleError(f"a {_head(config, 'text')!r} text head over open_clip's projected text "
+                                  "transformer: CLIPTextModelWithProjection has one projection (use text_head: identity)")
+    hf_config = clip_text_config(model.text, tokenizer)
+    hf_config.architectures = ["CLIPTextModelWithProjection"]
+    out.mkdir(parents=True)
+    hf_config.save_pretrained(out)
+    save_file(open_clip_to_hf_text(model.text.transformer.state_dict(), hf_config.num_hidden_layers),
+              str(out / "model.safetensors"), metadata={"format": "pt"})
+    tokenizer.save(out)
+    (out / PROJECTION_CONFIG).write_text(json.dumps(
+        {"pooling": "eot", "projection": "included", "embed_dim": config.embed_dim,
+         "max_length": tokenizer.max_length}, indent=2))
+
+
+def _write_text(model, config: ModelConfig, tokenizer, out: Path) -> str:
+    from safetensors.torch import save_file
+
+    if config.text.source == "open_clip":
+        _write_clip_text(model, config, tokenizer, out)
+        return "clip_text"
     head = _head(config, "text")
     if config.text.pooling not in TEXT_POOLINGS or head not in TEXT_HEADS:
         raise NotExpressibleError(f"text pooling {config.text.pooling!r} with head {head!r}: the hf export "
@@ -201,6 +278,7 @@ def _write_text(model, config: ModelConfig, tokenizer, out: Path) -> None:
     (out / PROJECTION_CONFIG).write_text(json.dumps(
         {"pooling": config.text.pooling, "projection": head, "embed_dim": config.embed_dim,
          "max_length": tokenizer.max_length}, indent=2))
+    return "transformers"
 
 
 @EXPORT_FORMATS.register("hf", help="Hugging Face folders: image/ (CLIPVisionModelWithProjection or timm_wrapper), "
@@ -215,11 +293,12 @@ def export_hf(pretrained, checkpoint: Path | None, out: Path) -> Path:
         shutil.rmtree(staging)
     try:
         kind = _write_image(model, config, staging / "image")
-        _write_text(model, config, pretrained.tokenizer, staging / "text")
-        meta = {"format": "medgrain-hf", "format_version": 1, "image": kind, "model": config.model_dump(mode="json"),
+        text_kind = _write_text(model, config, pretrained.tokenizer, staging / "text")
+        meta = {"format": "medgrain-hf", "format_version": 1, "image": kind, "text": text_kind,
+                "model": config.model_dump(mode="json"),
                 "logit_scale": float(model.logit_scale.detach()), "token_heads_dropped": bool(config.token_heads)}
         (staging / HF_EXPORT_MARKER).write_text(json.dumps(meta, indent=2))
-        (staging / "README.md").write_text(model_card(config, kind, checkpoint))
+        (staging / "README.md").write_text(model_card(config, kind, text_kind, checkpoint))
     except BaseException:
         import shutil
 
@@ -250,11 +329,15 @@ def import_hf(folder: str) -> Imported:
     else:
         state = _timm_back(image, config)
     text = load_file(str(root / "text" / "model.safetensors"))
-    state.update({f"text.transformer.{k}": v for k, v in text.items()})
-    projection = load_file(str(root / "text" / PROJECTION_FILE))
-    state.update({f"text_proj.{k}": v for k, v in projection.items() if k != "identity"})
-    state["logit_scale"] = torch.tensor(meta["logit_scale"])
     text_config = json.loads((root / "text" / "config.json").read_text())
+    if meta.get("text") == "clip_text":
+        text = hf_to_open_clip_text(text, text_config["num_hidden_layers"])
+        text_config = config.text.config  # the OpenCLIPTextConfig the model was built from
+    else:
+        projection = load_file(str(root / "text" / PROJECTION_FILE))
+        state.update({f"text_proj.{k}": v for k, v in projection.items() if k != "identity"})
+    state.update({f"text.transformer.{k}": v for k, v in text.items()})
+    state["logit_scale"] = torch.tensor(meta["logit_scale"])
     return Imported(config, text_config, state, Tokenizer.load(root / "text"))
 
 
