@@ -31,11 +31,11 @@ def test_bad_arguments():
 
 def test_reproduce_mgll_linear_probe_on_a_stand_in(tmp_path, capsys):
     from medgrain.data.synthetic import generate
-    from medgrain.models import create_model, save_pretrained
+    from medgrain.models import create_model, get_tokenizer, save_pretrained
 
     manifest = generate("cxr", tmp_path / "cxr", n=40, seed=6, size=64, workers=1, progress=False)
     torch.manual_seed(0)
-    model, tokenizer, _ = create_model("tiny")
+    model, tokenizer = create_model("tiny"), get_tokenizer("tiny")
     checkpoint = save_pretrained(model, tokenizer, tmp_path / "tiny")
     out = tmp_path / "table.json"
     assert main(["reproduce", "mgll-linear-probe", "--checkpoint", str(checkpoint),
