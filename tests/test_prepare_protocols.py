@@ -173,10 +173,11 @@ def test_vindr_physionet_layout(tmp_path):
         "image_id,rad_id,class_name,x_min,y_min,x_max,y_max\n"
         "a,R1,Cardiomegaly,2,8,14,12\na,R2,Cardiomegaly,3,8,13,12\na,R2,Pleural effusion,1,1,4,4\n"
         "a,R3,No finding,,,,\nb,R4,No finding,,,,\n", encoding="utf-8")
-    (ann / "image_labels_test.csv").write_text("image_id,rad_ID," + ",".join(label_cols) + "\n"
-                                               "t,R8,1,0,0,1,0\n", encoding="utf-8")
-    (ann / "annotations_test.csv").write_text("image_id,rad_id,class_name,x_min,y_min,x_max,y_max\n"
-                                              "t,R8,Aortic enlargement,5,2,9,6\n", encoding="utf-8")
+    # the test set is a consensus: its files may carry no reader column
+    (ann / "image_labels_test.csv").write_text("image_id," + ",".join(label_cols) + "\n"
+                                               "t,1,0,0,1,0\n", encoding="utf-8")
+    (ann / "annotations_test.csv").write_text("image_id,class_name,x_min,y_min,x_max,y_max\n"
+                                              "t,Aortic enlargement,5,2,9,6\n", encoding="utf-8")
     for i, (folder, image_id) in enumerate([("train", "a"), ("train", "b"), ("test", "t")]):
         write_dicom(root / folder / f"{image_id}.dicom", image_id, seed=i)
     out = tmp_path / "vindr.jsonl"

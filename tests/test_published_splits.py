@@ -62,6 +62,25 @@ def test_split_csv_as_gloria_and_mgca_write_it(tmp_path):
     assert [splits[i] for i in ids] == ["train", "train", "valid", "test", "train", "train", "test", "valid"]
 
 
+def test_one_csv_per_split_as_gloria_and_mgca_write_them(tmp_path):
+    root = make_rsna(tmp_path / "rsna")
+    folder = tmp_path / "mgca-rsna"
+    folder.mkdir()
+    # MGCA's RSNA preprocessing writes train.csv / val.csv / test.csv with patientId and the box columns
+    for name, ids in (("train", ["p1", "p2", "p3"]), ("val", ["p4"]), ("test", ["p5", "p6"])):
+        (folder / f"{name}.csv").write_text("patientId,x,y,width,height,Target\n" + "".join(
+            f"{i},,,,,0\n" for i in ids), encoding="utf-8")
+    out = tmp_path / "rsna.jsonl"
+    prepare("rsna-pneumonia", root, out, splits=folder)
+    assert _splits(out) == {"p1": "train", "p2": "train", "p3": "train", "p4": "valid", "p5": "test", "p6": "test"}
+    gloria = tmp_path / "gloria"
+    gloria.mkdir()
+    (gloria / "rsna_train.csv").write_text("Path\nstage_2_train_images/p1.dcm\n", encoding="utf-8")
+    (gloria / "rsna_validate.csv").write_text("Path\nstage_2_train_images/p2.dcm\n", encoding="utf-8")
+    prepare("rsna-pneumonia", root, out, splits=gloria, on_error="skip")
+    assert _splits(out) == {"p1": "train", "p2": "valid"}
+
+
 def test_mrm_test_list(tmp_path):
     root = make_rsna(tmp_path / "rsna")
     spec = tmp_path / "test_list.txt"

@@ -8,7 +8,10 @@ the field are published as id lists instead. Three layouts are read:
   per line. ``train_1``/``train_10`` are the 1% and 10% label fractions; they become medgrain's
   published fraction files, so ``--fractions 0.01 0.1`` trains on exactly them.
 - **a CSV with an id column and a split column** (what GLoRIA's and MGCA's preprocessing writes, e.g.
-  MGCA's ``master.csv`` with ``Path`` and ``split``); split values ``train``, ``valid``/``val``, ``test``.
+  MGCA's ``master.csv`` with ``Path`` and ``split``); split values ``train``, ``valid``/``val``/
+  ``validate``, ``test``; or **a folder of one CSV per split** (``train.csv``, ``val.csv``, ``test.csv``,
+  or ``<name>_train.csv`` ..., as GLoRIA's and MGCA's RSNA, SIIM and CheXpert preprocessing writes them),
+  each with an id column.
 - **one list file** named ``<split>_list.txt`` or ``<split>.txt`` (MRM's RSNA ``test_list.txt``: one id
   per line, optionally followed by labels, of which the first token is the id).
 
@@ -33,8 +36,8 @@ from pathlib import Path, PurePosixPath
 from ..manifest import Record, read_manifest, write_manifest
 from .common import PrepareError, PrepareResult, open_text
 
-SPLIT_ALIASES = {"train": "train", "valid": "valid", "val": "valid", "validation": "valid", "dev": "valid",
-                 "test": "test"}
+SPLIT_ALIASES = {"train": "train", "valid": "valid", "val": "valid", "validation": "valid", "validate": "valid",
+                 "dev": "valid", "test": "test"}
 # BenchX's label-fraction files: name -> fraction of the training split
 FRACTION_FILES = {"train_1": 0.01, "train_10": 0.1}
 ID_COLUMNS = ("id", "Path", "path", "dicom_id", "image_id", "ImageID", "patientId", "Image Index", "imgpath",
@@ -83,8 +86,32 @@ def _read_list(path: Path) -> list[Entry]:
     return entries
 
 
+def _csv_split_name(path: Path) -> str | None:
+    """``train.csv``, ``rsna_valid.csv``, ``chexpert-test.csv`` -> the split their last word names."""
+    word = path.name.removesuffix(".gz").removesuffix(".csv").replace("-", "_").split("_")[-1].lower()
+    return SPLIT_ALIASES.get(word)
+
+
+def _read_id_csv(path: Path) -> list[Entry]:
+    with open_text(path) as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in reader.fieldnames or []]
+        reader.fieldnames = header
+        id_column = next((c for c in ID_COLUMNS if c in header), None)
+        if id_column is None:
+            raise PrepareError(path, 1, None, None, f"the header {header} has no id column (one of "
+                                                    f"{', '.join(ID_COLUMNS)})")
+        return [Entry((row.get(id_column) or "").strip(), path, reader.line_num) for row in reader]
+
+
 def _read_list_folder(folder: Path) -> PublishedSplit:
     split = PublishedSplit(folder)
+    for path in sorted([*folder.glob("*.csv"), *folder.glob("*.csv.gz")]):
+        name = _csv_split_name(path)
+        if name is not None:
+            if name in split.splits:
+                raise PrepareError(path, None, None, path.name, f"a second file for split '{name}'")
+            split.splits[name] = _read_id_csv(path)
     for path in sorted(folder.glob("*.txt")):
         name = path.stem.removesuffix("_list")
         if name in FRACTION_FILES:
@@ -92,11 +119,11 @@ def _read_list_folder(folder: Path) -> PublishedSplit:
         elif name in SPLIT_ALIASES:
             target = SPLIT_ALIASES[name]
             if target in split.splits:
-                raise PrepareError(path, None, None, path.name, f"a second list file for split '{target}'")
+                raise PrepareError(path, None, None, path.name, f"a second file for split '{target}'")
             split.splits[target] = _read_list(path)
     if not split.splits:
-        raise FileNotFoundError(f"--splits {folder}: no train.txt, val.txt or test.txt in the folder "
-                                "(BenchX's layout; see docs/evaluation.md)")
+        raise FileNotFoundError(f"--splits {folder}: no train.txt, val.txt or test.txt (BenchX) nor train.csv, "
+                                "val.csv or test.csv (GLoRIA/MGCA) in the folder; see docs/evaluation.md")
     return split
 
 

@@ -76,13 +76,18 @@ def _box(row: Row) -> tuple[float, float, float, float] | None:
     return x0, y0, x1, y1
 
 
-def read_box_rows(path: Path, prep: Preparation, rad_column: str = "rad_id") -> dict[str, Marks]:
+def _reader(row: Row) -> str:
+    """The radiologist of a row; the PhysioNet test files (a consensus) may have no reader column."""
+    return (row.cells.get("rad_id") or row.cells.get("rad_ID") or "consensus").strip() or "consensus"
+
+
+def read_box_rows(path: Path, prep: Preparation) -> dict[str, Marks]:
     """Readers' marks per image from a competition ``train.csv`` or a PhysioNet ``annotations_*.csv``."""
     images: dict[str, Marks] = {}
-    for row in progress(read_csv(path, ["image_id", rad_column, "class_name", *BOX_COLUMNS]), path.name):
+    for row in progress(read_csv(path, ["image_id", "class_name", *BOX_COLUMNS]), path.name):
         try:
             marks = images.setdefault(row["image_id"], Marks(row))
-            reader, name = row[rad_column], row["class_name"]
+            reader, name = _reader(row), row["class_name"]
             marks.readers.add(reader)
             if name == NO_FINDING_CLASS:
                 continue
@@ -101,12 +106,11 @@ def read_image_labels(path: Path, prep: Preparation) -> dict[str, Marks]:
     rows = read_csv(path, ["image_id"])
     for row in progress(rows, path.name):
         try:
-            reader_column = "rad_id" if "rad_id" in row.cells else "rad_ID"
             marks = images.setdefault(row["image_id"], Marks(row))
-            reader = row[reader_column]
+            reader = _reader(row)
             marks.readers.add(reader)
             for name, value in row.cells.items():
-                if name in ("image_id", reader_column, NO_FINDING_CLASS):
+                if name in ("image_id", "rad_id", "rad_ID", NO_FINDING_CLASS):
                     continue
                 value = (value or "").strip()
                 if value not in ("0", "1", "0.0", "1.0"):
