@@ -10,6 +10,7 @@ from openclip_fixtures import TEXTS, TINY_NATIVE, write_open_clip_dir
 
 from medgrain.cli import main
 from medgrain.models import create_model, get_tokenizer, load_pretrained
+from medgrain.models.factory import create_model_and_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -27,17 +28,46 @@ def test_load_pretrained_takes_an_open_clip_reference(native):
     assert loaded.transform is not None and loaded.config.text.source == "open_clip"
 
 
-def test_evaluate_zero_shot_on_an_open_clip_model(native, tmp_path):
+@pytest.mark.parametrize("kind", ["open_clip", "hf export"])
+def test_evaluate_zero_shot_on_a_foreign_model(kind, native, tmp_path):
     from medgrain.data.synthetic import generate
+    from medgrain.export import export
+    from medgrain.models import save_pretrained
 
     manifest = generate("cxr", tmp_path / "cxr", n=24, seed=1, size=32, workers=1)
+    if kind == "open_clip":
+        checkpoint = f"open_clip:local-dir:{native}"
+    else:
+        torch.manual_seed(0)
+        model, tokenizer = create_model_and_tokenizer("tiny")
+        checkpoint = str(export(save_pretrained(model, tokenizer, tmp_path / "tiny"), "hf", tmp_path / "hf"))
     out = tmp_path / "zero-shot.json"
-    code = main(["evaluate", "zero-shot", "--checkpoint", f"open_clip:local-dir:{native}", "--data", str(manifest),
+    code = main(["evaluate", "zero-shot", "--checkpoint", checkpoint, "--data", str(manifest),
                  "--out", str(out), "--cache-dir", str(tmp_path / "cache")])
     assert code == 0
     result = json.loads(out.read_text())
-    assert result["task"] == "zero-shot" and result["checkpoint"] == f"open_clip:local-dir:{native}"
+    assert result["task"] == "zero-shot" and result["checkpoint"] == checkpoint
     assert result["metrics"]
+
+
+def test_builtin_name_with_a_local_weights_file(tmp_path):
+    """open_clip:NAME:/path/to/weights is open_clip's create_model(NAME, pretrained=FILE)."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    clip = open_clip.create_model("ViT-S-32").eval()
+    weights = tmp_path / "weights.safetensors"
+    save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(weights))
+    torch.manual_seed(2)  # another random initialisation: only the file can make them equal
+    model, tokenizer = create_model_and_tokenizer(f"open_clip:ViT-S-32:{weights}")
+    images = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval().encode_image(images), clip.encode_image(images, normalize=True),
+                                   rtol=0, atol=1e-5)
+        ids = open_clip.get_tokenizer("ViT-S-32")(TEXTS)
+        torch.testing.assert_close(model.encode_text(tokenizer(TEXTS)), clip.encode_text(ids, normalize=True),
+                                   rtol=0, atol=1e-5)
 
 
 def test_not_a_checkpoint_names_what_is_accepted(tmp_path, capsys):
