@@ -89,7 +89,7 @@ class Budget:
 BUDGETS = {
     "toy": Budget(epochs=1, batch_size=16, lr=1e-3, image_size=48, preset="tiny", segment_epochs=1,
                   fractions=(0.1, 1.0), segment_fractions=(1.0,), stop_after_steps=2),
-    "cpu": Budget(epochs=3, batch_size=32, lr=1e-3, image_size=128, preset="tiny", segment_epochs=2),
+    "cpu": Budget(epochs=2, batch_size=32, lr=1e-3, image_size=128, preset="tiny", segment_epochs=2),
     "pretrained": Budget(epochs=5, batch_size=64, lr=3e-4, image_size=128, preset="effnet-minilm", segment_epochs=5),
 }
 
@@ -244,8 +244,9 @@ def run_ablation(suite_name: str, data: str | Path, out: str | Path, *, seeds: t
     manifest_path, out = Path(data).resolve(), Path(out)
     manifest = read_manifest(manifest_path)
     started, runs = time.time(), {}
-    for variant in chosen:
-        for seed in seeds:
+    # Seed-major: a suite stopped early has every variant at the first seeds, not some variants at all.
+    for seed in seeds:
+        for variant in chosen:
             runs.setdefault(variant.name, {})[seed] = _pretrain_and_evaluate(
                 suite, variant, budget, manifest, seed, out / _slug(variant.name) / f"seed{seed}", device)
     result = summarise(suite, budget, runs, seeds, bootstrap)
