@@ -127,3 +127,21 @@ def test_bad_split_files(tmp_path):
     odd.write_text("p1\n", encoding="utf-8")
     with pytest.raises(PrepareError, match="must be named <split>.txt"):
         prepare("rsna-pneumonia", root, out, splits=odd)
+
+
+def test_entries_resolve_by_the_longest_unique_tail(tmp_path):
+    from medgrain.data.manifest import Record
+    from medgrain.data.prepare.splits import Entry, _resolve, record_index
+
+    records = [Record(id=f"train/patient{p}/study1/view1_frontal", image=f"../CheXpert-v1.0-small/train/patient{p}/"
+                      "study1/view1_frontal.jpg", split="train") for p in (1, 2)]
+    index = record_index(records)
+
+    def resolve(value):
+        return _resolve(Entry(value, tmp_path / "list.csv", 2), index)
+
+    # GLoRIA's lists start at CheXpert-v1.0/ (not -small): the tail after it names the image
+    assert resolve("CheXpert-v1.0/train/patient2/study1/view1_frontal.jpg") == "train/patient2/study1/view1_frontal"
+    assert resolve("patient1/study1/view1_frontal.png") == "train/patient1/study1/view1_frontal"
+    assert resolve("train/patient3/study1/view1_frontal.jpg") is None
+    assert resolve("view1_frontal.jpg") is None  # two records: unresolved, reported with the missing ones

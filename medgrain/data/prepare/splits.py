@@ -15,8 +15,10 @@ the field are published as id lists instead. Three layouts are read:
 - **one list file** named ``<split>_list.txt`` or ``<split>.txt`` (MRM's RSNA ``test_list.txt``: one id
   per line, optionally followed by labels, of which the first token is the id).
 
-An entry resolves to a record by the record's ``id``, the image's path relative to the manifest or
-any tail of it (``val/x.png``), the image's file name or its stem. An entry that resolves to nothing
+An entry resolves to a record by the record's ``id`` or the image's path: the entry's whole path, or
+ever shorter tails of it, against the tails of the image path, with or without file suffixes
+(``CheXpert-v1.0/train/patient1/study1/view1_frontal.jpg`` names the record whose image is
+``CheXpert-v1.0-small/train/patient1/study1/view1_frontal.jpg``; ``p1.png`` names ``p1.dcm``). An entry that resolves to nothing
 is an error listing the first few (or a counted skip with ``on_error="skip"``); one that resolves to
 two records, or a record listed in two splits, is always an error.
 
@@ -151,11 +153,13 @@ def _read_split_csv(path: Path) -> PublishedSplit:
 # --- resolving entries to records ----------------------------------------------------------------------
 
 def _keys(record: Record) -> set[str]:
+    """The record's id and every tail of its image path, with and without the file suffix."""
     keys = {record.id}
     if record.image:
-        parts = PurePosixPath(record.image).parts
-        keys.update("/".join(parts[i:]) for i in range(len(parts)) if parts[i] != "..")
-        keys.add(PurePosixPath(record.image).stem)
+        path = PurePosixPath(record.image)
+        for stripped in (path, path.with_suffix("")):
+            parts = stripped.parts
+            keys.update("/".join(parts[i:]) for i in range(len(parts)) if ".." not in parts[i:])
     return keys
 
 
@@ -169,15 +173,19 @@ def record_index(records: list[Record]) -> dict[str, list[str]]:
 
 
 def _resolve(entry: Entry, index: dict[str, list[str]]) -> str | None:
-    value = entry.value.lstrip("./")
-    for key in (value, str(PurePosixPath(value).with_suffix("")), PurePosixPath(value).name,
-                PurePosixPath(value).stem):
-        ids = sorted(set(index.get(key, ())))
-        if len(ids) > 1:
-            raise PrepareError(entry.source, entry.line, None, entry.value,
-                               f"names {len(ids)} records ({ids[:SHOWN]}); give a longer path")
-        if ids:
-            return ids[0]
+    """The record an entry names: its whole path first, then ever shorter tails of it (a published list
+    may start at another folder: ``CheXpert-v1.0/train/...`` for ``CheXpert-v1.0-small/train/...``), each
+    with and without its file suffix (``p1.png`` for ``p1.dcm``). A tail naming several records leaves
+    the entry unresolved (a shorter one would be more ambiguous still); it is reported with the others."""
+    parts = [p for p in PurePosixPath(entry.value).parts if p not in (".", "/")]
+    for i in range(len(parts)):
+        tail = "/".join(parts[i:])
+        for key in dict.fromkeys((tail, str(PurePosixPath(tail).with_suffix("")) if "." in parts[-1] else tail)):
+            ids = sorted(set(index.get(key, ())))
+            if len(ids) > 1:
+                return None
+            if ids:
+                return ids[0]
     return None
 
 
@@ -185,7 +193,7 @@ def _unresolved_error(missing: list[Entry], total: int) -> PrepareError:
     shown = ", ".join(f"{e.source.name}:{e.line} {e.value!r}" for e in missing[:SHOWN])
     first = missing[0]
     return PrepareError(first.source, first.line, None, first.value,
-                        f"{len(missing)} of {total} entries of the published split name no record of the manifest "
+                        f"{len(missing)} of {total} entries of the published split name no record of the manifest (or several) "
                         f"(first: {shown}); is it the same dataset and release? --on-error skip counts and leaves "
                         "them out", reason="split entry names no record")
 
