@@ -201,7 +201,8 @@ def _has_pairs(ctx) -> str | None:
 def grounding_tables(metrics: dict) -> dict:
     from medgrain.evaluation.present import with_ci
 
-    return {"grounding": {"CNR": with_ci(metrics["macro"], "cnr"), "mIoU": with_ci(metrics["macro"], "miou")}}
+    macro = metrics.get("macro", {})
+    return {"grounding": {"CNR": with_ci(macro, "cnr"), "mIoU": with_ci(macro, "miou")}}
 
 
 def grounding_console(record: dict) -> list:

@@ -26,7 +26,7 @@ from medgrain.evaluation.context import EvalContext
 from medgrain.evaluation.data import is_multiclass, require_findings, require_split
 from medgrain.evaluation.features import encode_texts, extract_features
 from medgrain.evaluation.metrics import f1_thresholds, multiclass_metrics, multilabel_metrics
-from medgrain.evaluation.present import Table, per_class_rows, record_title
+from medgrain.evaluation.present import Table, per_class_rows, record_title, with_ci
 from medgrain.evaluation.registry import evaluate, register_task
 from medgrain.evaluation.results import PerImageScores, TaskResult
 
@@ -164,7 +164,7 @@ def _score_by_prompts(ctx: EvalContext, options: ZeroShotOptions, result: TaskRe
 def zero_shot_tables(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
     macro = metrics.get("macro", {})
     first = ("accuracy", "AUROC", "AP", "F1") if metrics.get("mode") == "softmax" else ("AUROC", "AP", "F1", "accuracy")
-    return {"zero-shot": {label: macro.get(label.lower()) for label in first}}
+    return {"zero-shot": {label: with_ci(macro, label.lower()) for label in first}}
 
 
 def zero_shot_headline(metrics: dict[str, Any]) -> tuple[str, Any]:
@@ -180,9 +180,9 @@ def zero_shot_console(record: dict[str, Any]) -> list[Table]:
                     per_class_rows(metrics, names, columns))]
     if mode == "softmax":
         tables.append(Table("zero-shot accuracy", ["prompts", "accuracy"],
-                            [[g, m["macro"]["accuracy"]] for g, m in by_prompt.items()]))
+                            [[g, with_ci(m["macro"], "accuracy")] for g, m in by_prompt.items()]))
     tables.append(Table("zero-shot by granularity", ["prompts", "AUROC", "AP", "F1"],
-                        [[g, m["macro"]["auroc"], m["macro"]["ap"], m["macro"]["f1"]] for g, m in by_prompt.items()]))
+                        [[g, *(with_ci(m["macro"], k) for k in ("auroc", "ap", "f1"))] for g, m in by_prompt.items()]))
     return tables
 
 
