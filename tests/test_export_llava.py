@@ -19,6 +19,7 @@ TOWERS = {
     "timm-vit": {"image": {"source": "timm", "name": "vit_tiny_patch16_224", "image_size": 32,
                            "kwargs": {"patch_size": 8, "embed_dim": 48, "depth": 3, "num_heads": 3}},
                  "text": TINY_TEXT, "embed_dim": 32},
+    "tiny-vit preset": "tiny-vit",
 }
 IMAGE_TOKEN = 90
 

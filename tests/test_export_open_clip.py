@@ -104,3 +104,13 @@ def test_cli_errors(tmp_path, capsys):
     (tmp_path / "full" / "x").write_text("")
     assert main(["export", str(checkpoint), "--format", "open_clip", "--out", str(tmp_path / "full")]) == 1
     assert "not an empty folder" in capsys.readouterr().err
+
+
+def test_medgrains_presets(tmp_path):
+    """tiny (ResNet-18, mean-pooled BERT, linear heads) exports; tiny-mgca's BatchNorm MLP heads are refused."""
+    tiny = _checkpoint(tmp_path / "tiny", "tiny")
+    assert_open_clip_equals_medgrain(tiny, export(tiny, "open_clip", tmp_path / "tiny-open_clip"))
+    mgca = _checkpoint(tmp_path / "mgca", "tiny-mgca")
+    for fmt in ("open_clip", "hf"):
+        with pytest.raises(NotExpressibleError, match="image head 'mlp'"):
+            export(mgca, fmt, tmp_path / f"mgca-{fmt}")

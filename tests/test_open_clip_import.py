@@ -216,3 +216,13 @@ def test_unsupported_models_are_refused_by_name(tmp_path, bert_dir):
     (tmp_path / "c" / "open_clip_config.json").write_text(json.dumps({"preprocess_cfg": {}}))
     with pytest.raises(ValueError, match="no model_cfg"):
         create_model(f"open_clip:local-dir:{tmp_path / 'c'}")
+
+
+def test_unreachable_text_tower_config_names_the_field_to_point_at_a_folder(tmp_path, bert_dir):
+    """A local-dir whose text_cfg.hf_model_name is a hub id (BiomedCLIP's as published), offline."""
+    directory = write_open_clip_dir(tmp_path / "m", biomedclip_cfg(TINY_TIMM_VISION, 48), bert_dir=bert_dir)
+    config = json.loads((directory / "open_clip_config.json").read_text())
+    config["model_cfg"]["text_cfg"]["hf_model_name"] = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"
+    (directory / "open_clip_config.json").write_text(json.dumps(config))
+    with pytest.raises(PretrainedUnavailableError, match="set text_cfg.hf_model_name in open_clip_config.json"):
+        create_model(f"open_clip:local-dir:{directory}")
