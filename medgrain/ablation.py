@@ -3,14 +3,15 @@
 Every variant of a suite is pretrained with the same budget and seeds on the same data, evaluated on the
 same tasks, and each ordering a paper claims is tested on the results:
 
-- MGLL (Li et al., "Multi-Granular Language Learning", ICLR 2026): each part of the loss helps (RFMiD
+- MGLL (Li et al., "Boosting Medical Visual Understanding From Multi-Granular Language Learning", ICLR 2026,
+  arXiv:2511.15943): each part of the loss helps (RFMiD
   linear-probe AUC: CLIP 44.66, point-wise only 70.34, soft CLIP only 67.86, both 75.73, full MGLL 79.62),
   more granularities help (MIDRC-XR-Portable: 1, 2, 3 levels 80.54, 82.92, 83.86), and 30% of the
   granularity texts missing costs almost nothing (79.61 against 79.62).
 - MGCA (Wang et al., "Multi-Granularity Cross-modal Alignment", NeurIPS 2022, arXiv:2210.06044): each
   alignment level helps (instance < + token < + token + prototype, linear probe at 1% and segmentation),
-  and token-level alignment is what localises. The paper's ablation numbers were not recovered (see the
-  research notes), so only its orderings are shown.
+  and token-level alignment is what localises. The paper's ablation numbers could not be read from its
+  published text, so only its orderings are shown.
 
 A claim "A beats B" is judged by a paired comparison over seeds and test images: for metrics with stored
 per-image scores (linear probe, zero-shot), the mean over seeds of metric(A) - metric(B), with test images
@@ -31,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from .io import atomic_write
 from .registry import Registry
 
 log = logging.getLogger(__name__)
@@ -253,8 +255,8 @@ def run_ablation(suite_name: str, data: str | Path, out: str | Path, *, seeds: t
     result.update({"data": str(manifest_path), "budget": asdict(budget), "seeds": list(seeds),
                    "minutes": round((time.time() - started) / 60, 1)})
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ablation.json").write_text(json.dumps(result, indent=2))
-    (out / "table.md").write_text(format_tables(result))
+    atomic_write(out / "ablation.json", json.dumps(result, indent=2))
+    atomic_write(out / "table.md", format_tables(result))
     return result
 
 
@@ -275,7 +277,7 @@ def _pretrain_and_evaluate(suite, variant, budget, manifest, seed: int, run_dir:
     checkpoint = trained.best_checkpoint or trained.last_checkpoint
     log.info("%s seed %d: evaluating %s", variant.name, seed, checkpoint)
     result = evaluate_run(checkpoint, manifest, budget, seed, run_dir.parent.parent / "cache")
-    done.write_text(json.dumps(result))
+    atomic_write(done, json.dumps(result))  # a rerun trusts this file: it must be whole
     return result
 
 

@@ -13,6 +13,8 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from .io import atomic_write
+
 # The tiny run presets differ only in what the demo sets itself (objective, model preset, output folder),
 # so one of them serves every objective, including one that ships no preset of its own.
 BASE_CONFIG = "tiny-clip"
@@ -158,7 +160,7 @@ def run_demo(domain: str = "cxr", quick: bool = False, out: str | Path = "runs/d
     results["data"] = str(manifest)
     results["demo"] = {"domain": domain, "quick": quick, "seed": seed, "budget": asdict(budget),
                        "minutes": round((time.time() - started) / 60, 2)}
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    atomic_write(out / "results.json", json.dumps(results, indent=2))
     if report:
         html = timed(len(stages) - 1, "report",
                      lambda: build_report(runs, out / "report.html", results=results, data_manifest=manifest,

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, ValidationInfo, field_validator
 
 from ..errors import user_error
+from ..io import atomic_write
 
 SPLITS = ("train", "valid", "test")
 OnError = Literal["raise", "skip"]
@@ -393,12 +394,11 @@ def read_manifest(path: str | Path, on_error: OnError = "raise") -> Manifest:
 
 def write_manifest(records: Iterable[Record | dict], path: str | Path) -> Path:
     """Write records as JSON lines, validating each and refusing duplicate ids; the file appears only
-    when every record is written (a temporary file is renamed), so a failure leaves no half manifest."""
+    when every record is written (``atomic_write``), so a failure leaves no half manifest."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     seen: dict[str, int] = {}
-    try:
+
+    def write(tmp: Path) -> None:
         with tmp.open("w", encoding="utf-8") as f:
             for line, r in enumerate(records, start=1):
                 rec = r if isinstance(r, Record) else parse_record(r, path, line)
@@ -406,10 +406,8 @@ def write_manifest(records: Iterable[Record | dict], path: str | Path) -> Path:
                     raise ManifestError(path, line, "id", f"duplicate id '{rec.id}' (first on line {seen[rec.id]})")
                 seen[rec.id] = line
                 f.write(rec.to_json() + "\n")
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+
+    return atomic_write(path, write)
 
 
 def json_schema() -> dict[str, Any]:

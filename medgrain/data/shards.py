@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from ..io import atomic_write
 from .imageio import ImageReadError, check_mask, decode_image_bytes, read_image
 from .manifest import Manifest, ManifestError, OnError, read_manifest, write_manifest
 
@@ -63,9 +64,7 @@ def write_shards(manifest: str | Path, out: str | Path, *, shard_size: int = 100
     shards = sorted(out.glob("shard-*.tar"))
     index = {"format": FORMAT, "source": str(Path(manifest).resolve()), "resize": resize,
              "shards": [s.name for s in shards], "members": _member_offsets(shards)}
-    tmp = out / (INDEX + ".tmp")  # the index appears whole or not at all
-    tmp.write_text(json.dumps(index), encoding="utf-8")
-    os.replace(tmp, out / INDEX)
+    atomic_write(out / INDEX, json.dumps(index))  # the index appears whole or not at all
     return write_manifest(records, out / MANIFEST)
 
 

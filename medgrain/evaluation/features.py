@@ -23,8 +23,10 @@ from medgrain.data.manifest import Manifest
 from medgrain.evaluation.data import image_dataset, image_loader
 from medgrain.evaluation.encoder import Encoder, file_sha256
 from medgrain.evaluation.progress import progress
+from medgrain.io import atomic_write
 
-# "backbone": the image tower's pooled output, what MGCA and MGLL probe (research/mgca.md §4.1);
+# "backbone": the image tower's pooled output, what MGCA (arXiv:2210.06044) and MGLL
+# (arXiv:2511.15943) probe;
 # "embedding": the projected, L2-normalised joint-space embedding, what zero-shot and retrieval use.
 FeatureKind = Literal["backbone", "embedding"]
 
@@ -84,10 +86,8 @@ def extract_features(encoder: Encoder, manifest: Manifest, split: str, kind: Fea
         if ids == [r.id for r in dataset.records]:
             return Features(ids, load_file(str(path))["features"], labels)
     ids, features, _ = compute_features(encoder, dataset, kind, batch_size, workers, f"{kind} features: {split}")
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # written whole, then renamed
-    save_file({"features": features.numpy()}, str(tmp), metadata={"ids": json.dumps(ids), "split": split, "kind": kind})
-    tmp.replace(path)
+    meta = {"ids": json.dumps(ids), "split": split, "kind": kind}
+    atomic_write(path, lambda tmp: save_file({"features": features.numpy()}, str(tmp), metadata=meta))
     return Features(ids, features.numpy(), labels)
 
 

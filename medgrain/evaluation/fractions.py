@@ -1,8 +1,8 @@
 """Label fractions (1%, 10%, 100% of a training split), drawn once per seed and kept in files.
 
 MGCA's subsets were drawn with the global numpy RNG inside dataset constructors, so the subset a
-run used depended on how often the dataset was rebuilt, and none was published (research/mgca.md
-§7, items 16 and 14). Here each subset is drawn once from its own seeded generator, written as a
+run used depended on how often the dataset was rebuilt, and none was published (the released code,
+github.com/HKU-MedAI/MGCA, for Wang et al., NeurIPS 2022, arXiv:2210.06044). Here each subset is drawn once from its own seeded generator, written as a
 list of record ids next to the manifest (``<manifest dir>/fractions/<split>_<fraction>_seed<k>.txt``)
 and read back by every later run and every method: linear probe, fine-tuning, segmentation and
 detection of one manifest all train on the same records.
@@ -21,12 +21,12 @@ draw: the point of a published subset is that every paper trains on the same rec
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
 from medgrain.data.manifest import Manifest
+from medgrain.io import atomic_write
 
 FRACTIONS = (0.01, 0.1, 1.0)
 
@@ -122,11 +122,8 @@ def _read_ids(path: Path, split_ids: set[str], split: str) -> list[str]:
 
 def _write_ids(path: Path, ids: list[str], header: str) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Written whole, then renamed: a concurrent run reads either nothing or the complete list.
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(f"# {header}\n" + "".join(f"{i}\n" for i in ids), encoding="utf-8")
-        tmp.replace(path)
+        # A concurrent run reads either nothing or the complete list.
+        atomic_write(path, f"# {header}\n" + "".join(f"{i}\n" for i in ids))
     except OSError as e:
         raise OSError(f"cannot write the label fraction {path} ({e}); the folder next to the manifest must be "
                       "writable, or pass fractions_dir (--fractions-dir) to keep the files elsewhere") from e

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from medgrain.io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -95,11 +96,7 @@ def write_result(result: dict[str, Any], out: str | Path | None) -> dict[str, An
     if out is None:
         return result
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(result, indent=2, allow_nan=False, default=str)
-    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(text + "\n", encoding="utf-8")
-    tmp.replace(out)
+    atomic_write(out, json.dumps(result, indent=2, allow_nan=False, default=str) + "\n")
     logger.info("wrote %s", out)
     return result
 

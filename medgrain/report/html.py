@@ -21,6 +21,7 @@ from typing import Any
 
 from rich.console import Console
 
+from medgrain.io import atomic_write
 from medgrain.report import gather, plots
 from medgrain.report.results import (
     aligns_tokens,
@@ -485,9 +486,7 @@ def build_report(run_dirs: list[str | Path], out: str | Path, results: dict[str,
         f"<nav>{nav}</nav></div></header>"
         f'<main class="wrap">{notes_html}{summary_html}{"".join(body)}</main></body></html>\n'
     )
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(document, encoding="utf-8")
+    out = atomic_write(out, document)
     CONSOLE.print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return out
 

@@ -26,23 +26,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import loading
+from ..io import replace_directory
 from ..models import save_pretrained
 
 TRAIN_STATE = "train_state.pt"
 OBJECTIVE_WEIGHTS = "objective.safetensors"
-
-
-def _swap_in(staging: Path, target: Path) -> None:
-    """At every moment a whole checkpoint exists as ``target`` or ``target.old``: the previous one is
-    deleted only once the new one is in place."""
-    old = target.with_name(target.name + ".old")
-    if target.exists():
-        if old.exists():  # stale, and ``target`` is whole
-            shutil.rmtree(old)
-        target.rename(old)
-    staging.rename(target)
-    if old.exists():
-        shutil.rmtree(old)
 
 
 def save_checkpoint(target: Path, *, model: nn.Module, tokenizer, objective: nn.Module,
@@ -60,7 +48,7 @@ def save_checkpoint(target: Path, *, model: nn.Module, tokenizer, objective: nn.
         staging / TRAIN_STATE,
     )
     (staging / "run.yaml").write_text(run_yaml)
-    _swap_in(staging, target)
+    replace_directory(staging, target)
     return target
 
 
@@ -80,7 +68,7 @@ def link_checkpoint(source: Path, target: Path) -> Path:
     if staging.exists():
         shutil.rmtree(staging)
     shutil.copytree(source, staging, copy_function=_link_or_copy)
-    _swap_in(staging, target)
+    replace_directory(staging, target)
     return target
 
 
