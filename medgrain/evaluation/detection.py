@@ -1,6 +1,7 @@
 """Object detection on the frozen pretrained ResNet, at label fractions of the train split.
 
-MGCA trains a YOLOv3 head on C3-C5 of its frozen ResNet-50 (research/mgca.md §4.2). Here the same
+MGCA (Wang et al., NeurIPS 2022, arXiv:2210.06044; its code's ``mgca_detector.py``) trains a YOLOv3 head on C3-C5 of its frozen
+ResNet-50. Here the same
 stages feed torchvision's FCOS (a feature pyramid P3-P7 and FCOS's head). FCOS is anchor-free:
 its size ranges scale with the pyramid's strides, so it needs no anchor tuning for small images
 or small findings, where YOLOv3's COCO anchors (scaled by 224/416) would. The backbone is frozen

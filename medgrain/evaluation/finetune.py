@@ -1,6 +1,6 @@
 """Fine-tuning: the whole image tower with a linear head, at label fractions of the train split.
 
-MGLL's protocol (research/mgll.md §4): every weight is trained, BCE-with-logits for multi-label and
+MGLL's protocol (Li et al., ICLR 2026, arXiv:2511.15943): every weight is trained, BCE-with-logits for multi-label and
 cross-entropy for multi-class data, AdamW; here with MGCA's early stopping on the validation loss
 (patience 10) and the test split scored once with the best weights. ``select="accuracy"`` picks the
 weights by MGLL's rule (best validation accuracy) instead, ``"auroc"`` by the mean AUROC;

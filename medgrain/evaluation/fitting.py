@@ -123,7 +123,7 @@ def fit_with_early_stopping(model: torch.nn.Module, parameters, train_loader: Da
 class FrozenEncoder(torch.nn.Module):
     """A pretrained encoder that is not trained: no gradients, and eval mode whatever the parent's
     mode, so its BatchNorm statistics do not drift (the bug of MGCA's detection and segmentation
-    code, research/mgca.md §7 item 17)."""
+    code, github.com/HKU-MedAI/MGCA, for Wang et al., NeurIPS 2022, arXiv:2210.06044)."""
 
     def __init__(self, encoder: torch.nn.Module):
         super().__init__()

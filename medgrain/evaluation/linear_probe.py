@@ -6,7 +6,8 @@ projection head), extracted once and cached. Two solvers:
 - ``"lbfgs"`` (default): scikit-learn's L-BFGS logistic regression on standardised features (the
   CLIP paper's probe), fitted to convergence, deterministically, with the L2 strength chosen on the
   validation split, so the number measures the features rather than an optimiser's schedule;
-- ``"adamw"``: MGCA's protocol (research/mgca.md 4.1; MGLL trains the same Linear layer): one Linear
+- ``"adamw"``: MGCA's protocol (Wang et al., NeurIPS 2022, arXiv:2210.06044, its code's ``mgca_finetuner.py``; MGLL trains the same
+  Linear layer): one Linear
   layer on the raw features, AdamW (lr 5e-4, weight decay 1e-6), batch 48, at most 50 epochs, early
   stopping on the validation loss (patience 10), the test split scored with the best weights. Use it
   to compare with the papers' tables; ``select="accuracy"`` picks the epoch by MGLL's rule instead.
@@ -48,7 +49,7 @@ from medgrain.evaluation.results import PerImageScores, TaskResult, finish_class
 
 C_GRID = (0.01, 0.1, 1.0, 10.0)  # inverse L2 strength; 1.0 when there is no validation split
 SOLVERS = ("lbfgs", "adamw")
-# MGCA's linear classifier (research/mgca.md 4.1): used by solver="adamw".
+# MGCA's linear classifier (its code's ``mgca_finetuner.py``): used by solver="adamw".
 ADAMW_DEFAULTS = {"epochs": 50, "patience": 10, "lr": 5e-4, "weight_decay": 1e-6, "probe_batch_size": 48}
 
 

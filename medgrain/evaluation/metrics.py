@@ -21,7 +21,7 @@ from medgrain.evaluation.bootstrap import (
     rare_class_strata,
 )
 
-# MGCA reports detection mAP averaged over these IoU thresholds (research/mgca.md §4.2).
+# MGCA reports detection mAP averaged over these IoU thresholds (Wang et al., NeurIPS 2022, arXiv:2210.06044; ``mgca_detector.py``).
 MGCA_IOU_THRESHOLDS = tuple(round(0.40 + 0.05 * i, 2) for i in range(8))
 COCO_IOU_THRESHOLDS = tuple(round(0.50 + 0.05 * i, 2) for i in range(10))
 
@@ -146,7 +146,7 @@ def multilabel_metrics(scores, targets, names: list[str], thresholds=None, boots
 
 def multiclass_metrics(probabilities, target_index, names: list[str], bootstrap: Bootstrap | None = None) -> dict:
     """Top-1 accuracy, and one-vs-rest AUROC, AP and F1 per class with their macro means
-    (MGLL's protocol for multi-class data, research/mgll.md §4); ``<metric>_ci`` with ``bootstrap``."""
+    (MGLL's protocol for multi-class data, Li et al., ICLR 2026, arXiv:2511.15943); ``<metric>_ci`` with ``bootstrap``."""
     probabilities = _as_numpy(probabilities).astype(np.float64)
     target_index = _as_numpy(target_index).astype(np.int64)
     if len(probabilities) == 0:
@@ -252,7 +252,7 @@ def precision_at_k(similarity: torch.Tensor, query_classes, gallery_classes, nam
 
 def dice_per_image(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Hard Dice of each image (N, H, W) bool; an empty mask predicted empty scores 1
-    (MGCA's convention, research/mgca.md §4.3)."""
+    (MGCA's convention, Wang et al., NeurIPS 2022, arXiv:2210.06044; ``mgca_segmenter.py``)."""
     predicted, target = predicted.flatten(1).bool(), target.flatten(1).bool()
     intersection = (predicted & target).sum(1).double()
     total = predicted.sum(1).double() + target.sum(1).double()

@@ -5,9 +5,9 @@ rule, metric) and the paper's numbers; the command runs it on the manifests give
 paper's number next to ours with its 95% interval. A dataset without a manifest is reported with
 where to get it and how to prepare it, not skipped silently.
 
-Paper numbers: MGCA (Wang et al., NeurIPS 2022, arXiv 2210.06044), Tables 1-3, as recalled in
-research/mgca.md §5.1 (verify against the PDF); MGLL (Li et al., ICLR 2026, arXiv 2511.15943), the
-poster's Table 2 and the digitised fundus chart (research/mgll.md §5). Where our protocol differs from
+Paper numbers: MGCA (Wang et al., NeurIPS 2022, arXiv:2210.06044), Tables 1-3 (transcribed from
+memory of the paper: verify against the PDF); MGLL (Li et al., ICLR 2026, arXiv:2511.15943), the ICLR
+poster's Table 2 and its fundus radar chart, read from the poster's vector graphics. Where our protocol differs from
 the paper's (detection's score filtering, the data splits), the table's ``note`` says so.
 """
 

@@ -3,7 +3,8 @@
 CNN towers: segmentation-models-pytorch's U-Net decoder and head on the tower's own feature
 pyramid (every stage of the timm trunk, stride 2 to 32, plus the image), so the encoder *is* the
 pretrained tower, whatever its width, rather than a copy of it loaded into a second network.
-ViT towers: a SETR-PUP decoder on the patch tokens (MGCA's ViT segmenter, research/mgca.md §4.3):
+ViT towers: a SETR-PUP decoder on the patch tokens (MGCA's ViT segmenter, Wang et al., NeurIPS 2022, arXiv:2210.06044; after
+SETR, Zheng et al., CVPR 2021, arXiv:2012.15840):
 a linear layer, the tokens as a grid, then conv-BN-ReLU and bilinear x2 until the image size.
 
 The encoder is frozen by default and then kept in eval mode (``FrozenEncoder``): MGCA froze the

@@ -1,4 +1,5 @@
-"""CLIP's symmetric InfoNCE, and the pieces the other contrastive losses share with it.
+"""CLIP's symmetric InfoNCE (Radford et al., "Learning Transferable Visual Models From Natural Language
+Supervision", ICML 2021, arXiv:2103.00020), and the pieces the other contrastive losses share with it.
 
 Features are L2-normalised by the caller and ``logit_scale`` is the multiplier itself (already
 exponentiated), as open_clip passes them. Under torch.distributed every loss computes rows for this

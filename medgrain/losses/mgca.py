@@ -1,4 +1,6 @@
-"""MGCA: multi-granularity cross-modal alignment (Wang et al., NeurIPS 2022; research/mgca.md).
+"""MGCA: multi-granularity cross-modal alignment (Wang, Zhou, Wang, Vardhanabhuti and Yu, "Multi-Granularity
+Cross-modal Alignment for Generalized Medical Visual Representation Learning", NeurIPS 2022, arXiv:2210.06044;
+released code github.com/HKU-MedAI/MGCA).
 
 Three levels, each a function of L2-normalised embeddings, composed by ``MGCALoss``:
 
@@ -8,7 +10,7 @@ Three levels, each a function of L2-normalised embeddings, composed by ``MGCALos
 - prototype (CPA): shared prototypes, Sinkhorn-Knopp codes of one modality as the target of the
   other modality's prediction (SwAV's swapped prediction across modalities).
 
-Deviations from the released code, all recommended in research/mgca.md section 7:
+Deviations from the released code (docs/methods.md lists each with the flag that restores the code's behaviour):
 - padded word slots never enter a softmax (attention or contrast) and get zero weight;
 - [SEP] is not a word (fast tokenizers give special tokens word id -1, ``merge_wordpieces`` drops them);
 - both cross-modal contexts are L2-normalised (the code skips it for ViT patches);

@@ -1,4 +1,5 @@
-"""MGLL: multi-granular language learning (Li et al., ICLR 2026; see shared/research/mgll.md).
+"""MGLL: multi-granular language learning (Li, Wang, Farsiu and Kinahan, "Boosting Medical Visual Understanding
+From Multi-Granular Language Learning", ICLR 2026, arXiv:2511.15943; released code github.com/HUANGLIZI/MGLL).
 
 For each text granularity g the batch gives one text per image and a label per sample (a text id, so
 that equal texts share a label, or a multi-hot finding vector). With S_g = s · V U_gᵀ,

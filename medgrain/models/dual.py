@@ -89,7 +89,8 @@ class DualEncoder(nn.Module):
         attention (N,W) [CLS] attention summed over each word's pieces; L2-normalised, padded words are 0.
 
         ``attention_off_by_one`` reproduces MGCA's released code, which gives the piece at position j the
-        [CLS] attention to position j + 1 (research/mgca.md 1.2); off, each piece keeps its own."""
+        [CLS] attention to position j + 1 (github.com/HKU-MedAI/MGCA, arXiv:2210.06044); off, each piece keeps
+        its own."""
         self._require_token_heads()
         out = self.text(text["input_ids"], text["attention_mask"], tokens=True)
         piece_attention = out.cls_attention
@@ -125,7 +126,7 @@ class DualEncoder(nn.Module):
     def phrase_embeddings(self, text: Mapping[str, torch.Tensor], level: str = "auto") -> torch.Tensor:
         """L2-normalised phrase embeddings (N, E) in the space of ``patch_embeddings(level)``: the global text
         embedding, or for ``"token"`` the words' token embeddings averaged with their [CLS] attention (the
-        weights MGCA's token alignment gives each word, research/mgca.md 1.2)."""
+        weights MGCA's token alignment gives each word, Wang et al., NeurIPS 2022, arXiv:2210.06044)."""
         if level == "auto":
             level = "token" if self.token_heads else "global"
         if level == "global":

@@ -1,6 +1,7 @@
 """``mgca+mgll``: MGLL over the granularity texts takes ITA's place as the global alignment; MGCA's
 token (TCA) and prototype (CPA) alignment run on the report as in MGCA. Options: the ``mgll`` and
-``mgca`` sections (``lambda_ita`` is ignored: ITA is off)."""
+``mgca`` sections (``lambda_ita`` is ignored: ITA is off). MGLL: Li et al., ICLR 2026, arXiv:2511.15943;
+MGCA: Wang et al., NeurIPS 2022, arXiv:2210.06044."""
 
 from __future__ import annotations
 

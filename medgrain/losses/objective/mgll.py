@@ -1,5 +1,6 @@
 """``mgll``: MGLL over every granularity's text, soft targets from equal texts (``batch["text_ids"]``)
-(Li et al., "Multi-Granular Language Learning", ICLR 2026; the loss is ``medgrain.losses.mgll``)."""
+(Li et al., "Boosting Medical Visual Understanding From Multi-Granular Language Learning", ICLR 2026,
+arXiv:2511.15943; the loss is ``medgrain.losses.mgll``)."""
 
 from __future__ import annotations
 
