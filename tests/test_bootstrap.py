@@ -282,3 +282,22 @@ def test_multiclass_and_recall_intervals_match_a_loop():
     rec = recall_metrics(ranks, (1, 5), bootstrap=Bootstrap(100, seed=2))
     idx = np.concatenate(list(resample_indices(50, 100, 2, None)))
     assert rec["R@5_ci"] == pytest.approx(_loop_interval([(ranks.numpy()[r] <= 5).mean() for r in idx]))
+
+
+def test_clustered_interval_resamples_images_with_all_their_pairs():
+    from medgrain.evaluation.bootstrap import clustered_mean_interval
+
+    g = np.random.default_rng(8)
+    images = np.repeat(np.arange(30), g.integers(1, 4, 30))  # 1 to 3 pairs per image
+    values = g.normal(size=len(images)) + images % 3
+    values[[2, 7]] = np.nan  # undefined pairs are left out of every mean
+    spec = Bootstrap(resamples=120, seed=4, chunk=50)
+    got = clustered_mean_interval(values, images.astype(str), spec)
+    idx = np.concatenate(list(resample_indices(30, 120, 4, None, chunk=50)))
+    labels = np.unique(images.astype(str))  # the clusters in np.unique's order, as the function numbers them
+    loop = []
+    for drawn in idx:
+        picked = np.concatenate([np.flatnonzero(images.astype(str) == labels[c]) for c in drawn])
+        v = values[picked]
+        loop.append(np.nanmean(v))
+    assert got == pytest.approx(_loop_interval(loop))

@@ -137,6 +137,27 @@ def bootstrap_interval(statistic: Statistic, data: Sequence, bootstrap: Bootstra
     return None if interval is None else list(interval)
 
 
+def clustered_mean_interval(values, clusters, bootstrap: Bootstrap = Bootstrap()) -> list[float] | None:
+    """Interval of the mean of per-item ``values`` when items come in clusters (several phrase-box
+    pairs of one image): the *clusters* are resampled and each item counts as often as its cluster was
+    drawn, so the interval is over test images, as the items of one image are not independent.
+    NaN values are left out of each resample's mean."""
+    values = np.asarray(values, dtype=np.float64)
+    _, cluster = np.unique(np.asarray(clusters), return_inverse=True)
+    n = int(cluster.max()) + 1 if len(cluster) else 0
+    finite = np.isfinite(values)
+    v = np.where(finite, values, 0.0)
+    out = []
+    for idx in resample_indices(n, bootstrap.resamples, bootstrap.seed, None, bootstrap.chunk):
+        counts = np.zeros((len(idx), n))
+        np.add.at(counts, (np.arange(len(idx))[:, None], idx), 1)  # draws of each cluster, per resample
+        weights = counts[:, cluster] * finite  # (b, items)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out.append((weights * v).sum(1) / weights.sum(1))
+    interval = _percentiles(np.concatenate(out), bootstrap.level)
+    return None if interval is None else list(interval)
+
+
 def paired_bootstrap(statistic: Statistic, data_a: Sequence, data_b: Sequence,
                      bootstrap: Bootstrap = Bootstrap(), strata=None) -> dict:
     """The difference ``statistic(A) - statistic(B)`` of two runs on the same images (and ``a``, ``b``

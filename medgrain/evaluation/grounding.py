@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from medgrain.evaluation.bootstrap import Bootstrap, bootstrap_interval, mean_rows
+from medgrain.evaluation.bootstrap import Bootstrap, clustered_mean_interval
 from medgrain.evaluation.metrics import GROUNDING_IOU_THRESHOLDS, box_region, contrast_to_noise, grounding_iou
 from medgrain.evaluation.registry import evaluate, register_task
 
@@ -149,25 +149,28 @@ def ground(encoder, manifest, split: str = "test", level: str = "auto", batch_si
     return out
 
 
-def _summary(values: np.ndarray, bootstrap: Bootstrap | None) -> tuple[float | None, list[float] | None, int]:
-    defined = values[np.isfinite(values)]
-    if len(defined) == 0:
+def _summary(values: np.ndarray, images: np.ndarray, bootstrap: Bootstrap | None):
+    """Mean of the defined values, its interval over test images (pairs of one image resampled together)
+    and the count of defined values."""
+    defined = np.isfinite(values)
+    if not defined.any():
         return None, None, 0
-    interval = bootstrap_interval(mean_rows, [defined], bootstrap) if bootstrap is not None else None
-    return float(defined.mean()), interval, int(len(defined))
+    interval = clustered_mean_interval(values, images, bootstrap) if bootstrap is not None else None
+    return float(values[defined].mean()), interval, int(defined.sum())
 
 
 def grounding_metrics(scored: dict, bootstrap: Bootstrap | None = None) -> dict:
     """``cnr``, ``miou`` and, with ``bootstrap``, their ``_ci`` overall and per finding; ``undefined``
     counts the pairs whose CNR is undefined (a region covering all or none of the input, a constant map).
-    The intervals resample phrase-region pairs."""
+    The intervals resample test images, each with all its pairs."""
     findings = np.array([p.finding for p in scored["pairs"]])
+    images = np.array([p.record_id for p in scored["pairs"]])
     overall: dict = {"pairs": len(findings)}
     per_finding: dict = {}
     for name, select in [(None, np.ones(len(findings), bool))] + [(n, findings == n) for n in sorted(set(findings))]:
         row = {"pairs": int(select.sum())}
         for metric in ("cnr", "miou"):
-            value, ci, n = _summary(scored[metric][select], bootstrap)
+            value, ci, n = _summary(scored[metric][select], images[select], bootstrap)
             row[metric] = value
             if bootstrap is not None:
                 row[f"{metric}_ci"] = ci
