@@ -106,9 +106,9 @@ def test_pretraining_on_shards_equals_files_and_resumes_exactly(synth, shards, t
 
 
 def test_config_takes_exactly_one_source(tmp_path):
-    with pytest.raises(ConfigError, match="exactly one of data.manifest and data.shards"):
+    with pytest.raises(ConfigError, match="exactly one of data.manifest, data.shards and data.sources"):
         _cfg(tmp_path, manifest="a.jsonl", shards="dir")
-    with pytest.raises(ConfigError, match="exactly one of data.manifest and data.shards"):
+    with pytest.raises(ConfigError, match="exactly one of data.manifest, data.shards and data.sources"):
         _cfg(tmp_path)
     cfg = load_config(_cfg(tmp_path, manifest="a.jsonl").model_dump(mode="json"),
                       ["data.manifest=null", f"data.shards={tmp_path}"])

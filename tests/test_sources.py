@@ -58,7 +58,8 @@ def test_mixture_is_deterministic_resumable_and_sharded():
 def test_union_of_granularities_and_a_chosen_order():
     a = _manifest("a", 2, lambda i: {"status": "x", "disease": "y"})
     b = _manifest("b", 2, lambda i: {"status": "x", "description": "z"})
-    assert union_granularities([a, b]) == ["status", "disease", "description"]
+    # union_of_orders: a name new in a later source goes right after the one preceding it there
+    assert union_granularities([a, b]) == ["status", "description", "disease"]
     assert union_granularities([a, b], ["description", "status", "disease"]) == ["description", "status", "disease"]
     with pytest.raises(ValueError, match=r"\['grade'\] are in no source"):
         union_granularities([a, b], ["grade"])
@@ -115,3 +116,14 @@ def test_data_config_takes_exactly_one_source():
     ):
         with pytest.raises(ValueError, match=message):
             DataConfig(**bad)
+
+
+def test_sources_replace_the_manifest_from_the_command_line():
+    from medgrain.training.config import load_config
+
+    cfg = load_config({"data": {"manifest": "m.jsonl"}, "objective": {"name": "mgll"}}, [
+        "data.manifest=null", "data.sources=[{manifest: a/m.jsonl, weight: 3}, {manifest: b/m.jsonl, name: bee}]",
+        "data.drop_texts={rate: 0.6, seed: 2, granularities: [category]}",
+    ])
+    assert cfg.data.manifest is None and cfg.data.source_names() == ["a", "bee"] and cfg.data.sources[0].weight == 3
+    assert cfg.data.drop_texts.rate == 0.6 and cfg.data.drop_texts.granularities == ["category"]

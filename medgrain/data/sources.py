@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import ConcatDataset
 
-from .manifest import Manifest, Record
+from .manifest import Manifest, Record, union_of_orders
 from .text import text_id
 
 
@@ -28,8 +28,9 @@ class Source:
 
 def union_granularities(manifests: Iterable[Manifest], order: Sequence[str] | None = None) -> list[str]:
     """Every granularity of any source, in ``order`` when given (it must name each of them exactly once),
-    else coarse to fine as the sources list them, earlier sources first."""
-    union = list(dict.fromkeys(g for m in manifests for g in m.granularities))
+    else coarse to fine as the sources order them (``union_of_orders``: where one source lacks a
+    granularity, it goes where the others put it)."""
+    union = union_of_orders(m.granularities for m in manifests)
     if order is None:
         return union
     order = list(order)

@@ -26,6 +26,7 @@ from ..models.factory import create_model_and_tokenizer
 from ..threads import use_threads
 from .checkpoint import find_resumable, link_checkpoint, load_training_state, save_checkpoint
 from .config import RunConfig
+from .data import apply_drop_texts, build_datasets, build_train_sampler, open_sources, run_granularities
 from .logging import RunLogger
 from .optim import build_optimizer, build_scheduler
 from .sampling import EpochSeededDataset, ShardedBatchSampler
@@ -239,21 +240,22 @@ def set_up(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> Run:
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "run.yaml").write_text(cfg.to_yaml())
-    manifest = open_training_data(cfg, env.is_main)
+    sources = open_sources(cfg, lambda: open_training_data(cfg, env.is_main))
 
     # Same initialisation on every rank (DDP also broadcasts it); then per-rank streams for dropout.
     _seed_everything(t.seed)
     model, tokenizer = create_model_and_tokenizer(cfg.model.preset, **cfg.model.overrides)
     if cfg.data.max_length:
         tokenizer.max_length = cfg.data.max_length
-    granularities = cfg.data.granularities or manifest.granularities
-    has_report = any(r.report for r in manifest.records)
+    granularities = run_granularities(cfg, sources)
+    has_report = any(r.report for s in sources for r in s.manifest.records)
     objective = build_objective(cfg.objective, granularities, has_report, embed_dim=model.embed_dim)
     _seed_everything(t.seed + 1000 * env.rank)
 
-    train_ds, valid_ds, collate = _datasets(cfg, manifest, granularities, objective, model.config.preprocess_config(), tokenizer)
-    train_sampler = ShardedBatchSampler(len(train_ds), t.batch_size, t.seed, env.rank, env.world_size,
-                                        multiple_of=t.grad_accum)
+    sources = apply_drop_texts(cfg, sources, granularities, out, env.is_main)
+    train_ds, valid_ds, collate = _datasets(cfg, sources, granularities, objective, model.config.preprocess_config(),
+                                            tokenizer)
+    train_sampler = build_train_sampler(cfg, sources, train_ds.base, env.rank, env.world_size)
     steps_per_epoch = len(train_sampler) // t.grad_accum
     if steps_per_epoch == 0:
         raise ValueError(
@@ -278,17 +280,14 @@ def set_up(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> Run:
                logger=logger, state=state)
 
 
-def _datasets(cfg: RunConfig, manifest, granularities, objective: Objective, preprocess, tokenizer):
-    """``(train, valid or None, collate)``: the training split reseeds its augmentation every epoch."""
+def _datasets(cfg: RunConfig, sources, granularities, objective: Objective, preprocess, tokenizer):
+    """``(train, valid or None, collate)``: the sources' training splits, reseeding their augmentation
+    every epoch, and their validation splits."""
     common = dict(granularities=granularities, with_report=objective.needs_report, on_error=cfg.data.on_error,
                   max_image_pixels=cfg.data.max_image_pixels)
-    train_ds = EpochSeededDataset(
-        ImageTextDataset(manifest, cfg.data.train_split, transform=pretrain_transform(preprocess), **common),
-        seed=cfg.train.seed,
-    )
-    valid_ds = None
-    if cfg.data.valid_split and manifest.split(cfg.data.valid_split):
-        valid_ds = ImageTextDataset(manifest, cfg.data.valid_split, transform=eval_transform(preprocess), **common)
+    train, valid_ds = build_datasets(cfg, sources, granularities, common, pretrain_transform(preprocess),
+                                     eval_transform(preprocess))
+    train_ds = EpochSeededDataset(train, seed=cfg.train.seed)
     # Under on_error=skip a batch whose records all fail is an empty batch that every rank steps over.
     collate = Collator(tokenizer, granularities,
                        with_report=objective.needs_report, allow_empty=cfg.data.on_error == "skip")
@@ -331,6 +330,9 @@ def train_one_epoch(run: Run, epoch: int) -> bool:
     run.train_ds.set_epoch(epoch)
     start_batch = state.batch_in_epoch if epoch == state.epoch else 0
     run.train_sampler.set_epoch(epoch, start_batch)
+    # What this epoch draws: records per source, texts present per granularity (issue 12's mixture log).
+    run.logger.log({"split": "data", "epoch": epoch, "step": state.step,
+                    **run.train_ds.base.counts(run.train_sampler.epoch_indices())})
     # The loader draws its workers' base seed from `generator`, not from the global stream, so
     # a resumed run's dropout sees the same random numbers as an uninterrupted run's.
     loader = DataLoader(run.train_ds, batch_sampler=run.train_sampler, collate_fn=run.collate,

@@ -52,6 +52,10 @@ class ShardedBatchSampler(Sampler[list[int]]):
             return batches - batches % self.multiple_of
         return -(-(self.n // self.world_size) // self.batch_size)
 
+    def epoch_indices(self) -> torch.Tensor:
+        """Every index the current epoch trains on (all ranks, all its batches; training batches only)."""
+        return self._order()[: len(self) * self.batch_size * self.world_size]
+
     def __iter__(self):
         order = self._order()
         if self.drop_last:
@@ -128,7 +132,3 @@ class MixtureBatchSampler(ShardedBatchSampler):
             parts.append(drawn + offset)
         order = torch.cat(parts)
         return order[torch.randperm(len(order), generator=g)]
-
-    def epoch_indices(self) -> torch.Tensor:
-        """Every index the current epoch trains on (all ranks, all its batches)."""
-        return self._order()[: len(self) * self.batch_size * self.world_size]
