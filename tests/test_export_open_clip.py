@@ -21,6 +21,16 @@ COMBINATIONS = {
                                     "text": {**TINY_TEXT, "pooling": "mean"}, "embed_dim": 32, "text_head": "gelu-mlp"},
     "open_clip-vit+bert-mean+identity": {"image": OPEN_CLIP_VIT, "text": {**TINY_TEXT, "pooling": "mean"},
                                          "embed_dim": 32, "image_head": "identity"},
+    # a timm image tower with open_clip's own text transformer: open_clip's CLIP class takes both
+    "timm-cnn+clip-text": {"image": {"source": "timm", "name": "resnet18", "image_size": 64}, "embed_dim": 32,
+                           "text": {"source": "open_clip", "name_or_path": "clip-bpe", "pretrained": False,
+                                    "max_length": 77, "config": {"model_type": "open_clip_text", "embed_dim": 32,
+                                                                 "text_cfg": TINY_NATIVE["text_cfg"]}},
+                           "text_head": "identity"},
+    # identity heads: timm_proj none (the trunk's pooled feature is the embedding), no text projection
+    "timm-cnn-identity+bert-identity": {"image": {"source": "timm", "name": "resnet18", "image_size": 64},
+                                        "text": {**TINY_TEXT, "pooling": "cls", "config": {"hidden_size": 512}},
+                                        "embed_dim": 512, "head": "identity"},
 }
 
 

@@ -208,6 +208,9 @@ def test_unsupported_models_are_refused_by_name(tmp_path, bert_dir):
     with pytest.raises(ValueError, match="pools with 'avg'; medgrain's timm tower for it pools \\[CLS\\]"):
         cfg = biomedclip_cfg({**TINY_TIMM_VISION, "timm_pool": "avg"}, 48)
         create_model(f"open_clip:local-dir:{write_open_clip_dir(tmp_path / 'b', cfg, bert_dir=bert_dir)}")
+    with pytest.raises(ValueError, match="trunk's own classifier"):
+        cfg = biomedclip_cfg({**TINY_TIMM_VISION, "timm_proj": ""}, 48)
+        create_model(f"open_clip:local-dir:{write_open_clip_dir(tmp_path / 'd', cfg, bert_dir=bert_dir)}")
     with pytest.raises(FileNotFoundError, match="open_clip_config.json"):
         create_model(f"open_clip:local-dir:{tmp_path}")
     with pytest.raises(ValueError, match="unknown open_clip model"):

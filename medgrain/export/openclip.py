@@ -113,6 +113,13 @@ def _check_timm_pooling(trunk: torch.nn.Module, name: str) -> None:
         raise ValueError(f"open_clip timm tower {name!r} pools with {pool!r}; medgrain's timm tower for it pools {want}")
 
 
+def _timm_size(trunk: torch.nn.Module, size: int) -> int:
+    """open_clip builds a timm ViT at timm's default size whatever vision_cfg's image_size says: the input
+    size is the trunk's (a CNN takes any)."""
+    patch_embed = getattr(trunk, "patch_embed", None)
+    return int(patch_embed.img_size[0]) if getattr(patch_embed, "img_size", None) else size
+
+
 def _image_side(clip: torch.nn.Module, model_cfg: dict[str, Any], size: int, name: str) -> tuple[dict, str, dict]:
     """medgrain's image tower config, global image head and weights for open_clip's visual tower."""
     from open_clip.timm_model import TimmModel
@@ -125,20 +132,21 @@ def _image_side(clip: torch.nn.Module, model_cfg: dict[str, Any], size: int, nam
                             "vision_cfg": vision}}
         return image, "identity", {f"visual.trunk.{k}": v for k, v in state.items()}
     trunk, head = clip.visual.trunk, clip.visual.head
+    if not isinstance(trunk.get_classifier(), torch.nn.Identity):
+        raise ValueError(f"open_clip timm tower: timm_proj={vision.get('timm_proj')!r} projects with the trunk's "
+                         "own classifier (with bias); medgrain's heads are 'linear' (bias-free) or none")
     _check_timm_pooling(trunk, vision["timm_model_name"])
+    image = {"source": "timm", "name": vision["timm_model_name"]}
+    weights = {f"visual.{k}": v for k, v in state.items() if k.startswith("trunk.")}
+    if len(head) == 0:  # timm_proj "none": the trunk's pooled feature is the embedding
+        return {**image, "image_size": _timm_size(trunk, size)}, "identity", weights
     proj = getattr(head, "proj", None)
     if not isinstance(proj, torch.nn.Linear) or proj.bias is not None or len(head) != 2:
         raise ValueError(f"open_clip timm tower: timm_proj={vision.get('timm_proj')!r} "
                          f"(bias {vision.get('timm_proj_bias', False)}) has no medgrain head; only a bias-free "
                          "'linear' projection maps onto one")
-    # open_clip builds the trunk at timm's default size whatever vision_cfg's image_size says: its input size
-    # is the trunk's
-    patch_embed = getattr(trunk, "patch_embed", None)
-    size = int(patch_embed.img_size[0]) if getattr(patch_embed, "img_size", None) else size
-    image = {"source": "timm", "name": vision["timm_model_name"], "image_size": size}
-    weights = {f"visual.{k}": v for k, v in state.items() if k.startswith("trunk.")}
     weights["image_proj.weight"] = proj.weight
-    return image, "linear", weights
+    return {**image, "image_size": _timm_size(trunk, size)}, "linear", weights
 
 
 def _text_side(clip: torch.nn.Module, model_cfg: dict[str, Any]) -> tuple[dict, str, dict, dict]:
