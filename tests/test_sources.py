@@ -127,3 +127,22 @@ def test_sources_replace_the_manifest_from_the_command_line():
     ])
     assert cfg.data.manifest is None and cfg.data.source_names() == ["a", "bee"] and cfg.data.sources[0].weight == 3
     assert cfg.data.drop_texts.rate == 0.6 and cfg.data.drop_texts.granularities == ["category"]
+
+
+def test_run_data_errors_name_the_source_and_granularity(tmp_path):
+    from medgrain.data.sources import Source
+    from medgrain.losses import ClipLoss
+    from medgrain.training.config import load_config
+    from medgrain.training.data import apply_drop_texts, open_sources
+
+    cfg = load_config({"objective": {"name": "mgll"}, "data": {
+        "sources": [{"manifest": str(tmp_path / "nowhere" / "m.jsonl"), "name": "gone"}],
+        "drop_texts": {"rate": 0.3, "granularities": ["grade"]}}})
+    with pytest.raises(FileNotFoundError, match="manifest of source 'gone' not found"):
+        open_sources(cfg, open_single=None)
+    a = _manifest("a", 3, lambda i: {"status": "x"})
+    with pytest.raises(ValueError, match=r"drop_texts.granularities: \['grade'\] are not granularities"):
+        apply_drop_texts(cfg, [Source("a", a)], ["status"], tmp_path, is_main=True)
+    features = torch.nn.functional.normalize(torch.randn(3, 4), dim=-1)
+    with pytest.raises(TypeError, match="present must be a 1-D bool tensor"):
+        ClipLoss()(features, features, 10.0, present=torch.ones(3))
