@@ -172,6 +172,10 @@ def test_detection(bench, tmp_path):
            fpn_channels=32, out=out)
     macro = _strict_json(out)["metrics"]["fractions"]["10%"]["macro"]
     assert {"map_40_75", "map_coco", "map_50", "map_75"} <= set(macro)
+    assert {"map_40_75_ci", "map_coco_ci"} <= set(macro)  # one seed: its interval over test images
+    if macro["map_40_75"]["mean"] is not None and macro["map_40_75_ci"] is not None:
+        low, high = macro["map_40_75_ci"]
+        assert low <= macro["map_40_75"]["mean"] <= high
 
 
 def test_clear_errors(bench, tmp_path):

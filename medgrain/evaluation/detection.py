@@ -31,7 +31,13 @@ from medgrain.evaluation.context import EvalContext
 from medgrain.evaluation.data import image_dataset, image_loader, require_split, subset
 from medgrain.evaluation.fitting import FrozenEncoder, fit_with_early_stopping
 from medgrain.evaluation.fractions import fraction_name, fraction_plan
-from medgrain.evaluation.metrics import detection_map, require_coco_evaluation
+from medgrain.evaluation.metrics import (
+    COCO_IOU_THRESHOLDS,
+    MGCA_IOU_THRESHOLDS,
+    detection_map,
+    detection_map_interval,
+    require_coco_evaluation,
+)
 from medgrain.evaluation.present import fraction_console, fraction_headline, fraction_report
 from medgrain.evaluation.registry import evaluate, register_task
 from medgrain.evaluation.results import TaskResult, by_fraction
@@ -129,13 +135,19 @@ class _BoxData:
         return targets
 
     @torch.no_grad()
-    def evaluate(self, detector, loader) -> dict:
+    def evaluate(self, detector, loader, intervals=None) -> dict:
+        """mAP of the detector on ``loader``; with ``intervals`` (a ``Bootstrap``), MGCA's mAP@[.40:.75] and
+        COCO's mAP@[.50:.95] get their intervals over test images."""
         detector.eval()
         predictions, targets = [], []
         for batch in loader:
             predictions += [{k: v.cpu() for k, v in p.items()} for p in detector(batch["images"].to(self.device))]
             targets += [{k: v.cpu() for k, v in t.items()} for t in self.targets(batch)]
-        return detection_map(predictions, targets)
+        metrics = detection_map(predictions, targets)
+        if intervals is not None:
+            for key, thresholds in (("map_40_75", MGCA_IOU_THRESHOLDS), ("map_coco", COCO_IOU_THRESHOLDS)):
+                metrics[f"{key}_ci"] = detection_map_interval(predictions, targets, intervals, thresholds)[1]
+        return metrics
 
 
 @register_task("detect", options=DetectOptions, title="detection",
@@ -188,7 +200,7 @@ def detect_task(ctx: EvalContext, options: DetectOptions) -> TaskResult:
                                       validate if valid_loader else None, options.epochs, options.patience,
                                       options.lr, options.weight_decay, f"detect {fraction_name(fraction)} seed {seed}")
         runs.append({"fraction": fraction, "seed": seed, "n_train": len(records), **fit,
-                     "metrics": {"macro": data.evaluate(detector, test_loader)}})
+                     "metrics": {"macro": data.evaluate(detector, test_loader, ctx.intervals)}})
 
     result.metrics = {"fractions": by_fraction(runs)}
     return result

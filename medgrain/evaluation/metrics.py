@@ -379,3 +379,121 @@ def grounding_iou(similarity: torch.Tensor, region: torch.Tensor,
     union = (predicted | region[:, None, :]).sum(-1).double()
     iou = (intersection / union.clamp_min(1)).mean(1)
     return torch.where(region.any(1), iou, torch.full_like(iou, float("nan")))
+
+
+# ------------------------------------------------------------------------------------ detection intervals
+# COCO's evaluation matches each image's detections to its boxes once; resampling images only changes how
+# often each image's matched detections count. So pycocotools matches (``COCOeval.evaluate``), and the
+# accumulation (precision at 101 recall points, averaged) is redone with per-image weights for every
+# resample at once: no loop over images or resamples, the same numbers as COCO's on a resampled list.
+
+RECALL_POINTS = np.linspace(0.0, 1.0, 101)
+
+
+def _coco_matches(predictions: list[dict], targets: list[dict], iou_thresholds) -> list[dict]:
+    """Per category: detections' scores, images, matched-or-not per IoU threshold, ignored flags, and
+    each image's count of boxes (pycocotools' ``evalImgs`` for all areas, 100 detections per image)."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    def xywh(b):
+        return [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]
+
+    categories = sorted({int(c) for t in targets for c in t["labels"]} | {int(c) for p in predictions for c in p["labels"]})
+    gt = COCO()
+    gt.dataset = {"images": [{"id": i} for i in range(len(targets))], "categories": [{"id": c} for c in categories],
+                  "annotations": [{"id": k + 1, "image_id": i, "category_id": int(c), "bbox": xywh(b), "iscrowd": 0,
+                                   "area": xywh(b)[2] * xywh(b)[3]}
+                                  for k, (i, b, c) in enumerate((i, b, c) for i, t in enumerate(targets)
+                                                                for b, c in zip(t["boxes"], t["labels"]))]}
+    detections = [{"image_id": i, "category_id": int(c), "bbox": xywh(b), "score": float(s)}
+                  for i, p in enumerate(predictions) for b, s, c in zip(p["boxes"], p["scores"], p["labels"])]
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        gt.createIndex()
+        dt = gt.loadRes(detections) if detections else COCO()
+        if not detections:
+            dt.dataset = {"images": gt.dataset["images"], "categories": gt.dataset["categories"], "annotations": []}
+            dt.createIndex()
+        evaluator = COCOeval(gt, dt, "bbox")
+        evaluator.params.iouThrs = np.asarray(iou_thresholds, dtype=np.float64)
+        evaluator.evaluate()
+    n_images, n_areas = len(targets), len(evaluator.params.areaRng)
+    out = []
+    for k in range(len(categories)):
+        scores, images, matched, ignored, boxes = [], [], [], [], np.zeros(n_images)
+        for i in range(n_images):
+            e = evaluator.evalImgs[k * n_areas * n_images + i]  # area range 0 is 'all'
+            if e is None:
+                continue
+            d = len(e["dtScores"][:100])
+            scores.append(np.asarray(e["dtScores"][:100]))
+            images.append(np.full(d, i))
+            matched.append(np.asarray(e["dtMatches"])[:, :100] > 0)
+            ignored.append(np.asarray(e["dtIgnore"])[:, :100].astype(bool))
+            boxes[i] = int((np.asarray(e["gtIgnore"]) == 0).sum())
+        t = len(iou_thresholds)
+        out.append({"scores": np.concatenate(scores) if scores else np.zeros(0),
+                    "images": np.concatenate(images) if images else np.zeros(0, int),
+                    "matched": np.concatenate(matched, 1) if matched else np.zeros((t, 0), bool),
+                    "ignored": np.concatenate(ignored, 1) if ignored else np.zeros((t, 0), bool), "boxes": boxes})
+    return out
+
+
+def _searchsorted_rows(rows: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """``np.searchsorted(row, points, side="left")`` for every row of non-decreasing values in [0, 1], in
+    one call: row k is shifted by 2k, so the flattened rows stay sorted."""
+    shape, width = rows.shape[:-1], rows.shape[-1]
+    offsets = 2.0 * np.arange(int(np.prod(shape))).reshape(shape)
+    flat = (rows + offsets[..., None]).ravel()
+    found = np.searchsorted(flat, (points + offsets[..., None]).ravel(), side="left").reshape(*shape, len(points))
+    return found - (offsets[..., None] / 2).astype(np.int64) * width
+
+
+def _weighted_ap(category: dict, weights: np.ndarray) -> np.ndarray:
+    """(b, T) COCO average precision of one category for image weights (b, I); NaN without boxes."""
+    order = np.argsort(-category["scores"], kind="mergesort")
+    w = weights[:, category["images"][order]][:, None, :]  # (b, 1, D)
+    tp = (category["matched"] & ~category["ignored"])[:, order][None]
+    fp = (~category["matched"] & ~category["ignored"])[:, order][None]
+    tp_sum, fp_sum = np.cumsum(w * tp, -1), np.cumsum(w * fp, -1)  # (b, T, D)
+    positives = weights @ category["boxes"]  # (b,)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = tp_sum / positives[:, None, None]
+        precision = tp_sum / (tp_sum + fp_sum + np.spacing(1))
+    envelope = np.flip(np.maximum.accumulate(np.flip(precision, -1), -1), -1)
+    first = _searchsorted_rows(np.nan_to_num(recall), RECALL_POINTS)  # (b, T, R)
+    padded = np.concatenate([envelope, np.zeros(envelope.shape[:-1] + (1,))], -1)
+    ap = np.take_along_axis(padded, first, -1).mean(-1)  # (b, T); beyond the last recall reached: 0
+    return np.where(positives[:, None] > 0, ap, np.nan)
+
+
+def detection_map_interval(predictions: list[dict], targets: list[dict], bootstrap: Bootstrap,
+                           iou_thresholds=MGCA_IOU_THRESHOLDS) -> tuple[float | None, list[float] | None]:
+    """mAP over ``iou_thresholds`` (mean over thresholds and categories with boxes) and its bootstrap
+    interval over test images."""
+    from medgrain.evaluation.bootstrap import resample_indices
+
+    categories = _coco_matches(predictions, targets, iou_thresholds)
+    n = len(targets)
+
+    def statistic(weights: np.ndarray) -> np.ndarray:
+        aps = np.stack([_weighted_ap(c, weights) for c in categories], -1) if categories else np.full((len(weights), 1, 1), np.nan)
+        return nanmean_rows(aps.reshape(len(weights), -1))
+
+    point = float(statistic(np.ones((1, n)))[0]) if n else None
+    detections = sum(len(c["scores"]) for c in categories)
+    chunk = max(1, min(bootstrap.chunk, int(2e7 // max(1, len(iou_thresholds) * detections))))  # bounds memory
+    values = []
+    for idx in resample_indices(n, bootstrap.resamples, bootstrap.seed, None, chunk):
+        counts = np.zeros((len(idx), n))
+        np.add.at(counts, (np.arange(len(idx))[:, None], idx), 1)
+        values.append(statistic(counts))
+    values = np.concatenate(values)
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return point, None
+    tail = (1 - bootstrap.level) / 2 * 100
+    return point, [float(v) for v in np.percentile(values, [tail, 100 - tail])]
