@@ -1,8 +1,9 @@
 """Process groups, in one place (lightly's ``utils/dist.py``, open_clip's gathering helper).
 
 The only module that knows about ``torch.distributed``. It joins the process group from torchrun's
-environment (gloo on CPU, nccl on GPU, one code path), offers the collectives the trainer needs, and
-the gathering the losses do.
+environment, or from SLURM's when ``srun`` started the processes without torchrun (gloo on CPU, nccl
+on GPU, one code path; docs/distributed.md), offers the collectives the trainer needs, and the
+gathering the losses do.
 
 One notion of "distributed": a process group with more than one rank (``is_distributed()``). Every
 helper is the identity without one, so the same code runs on one machine.
@@ -20,6 +21,7 @@ import functools
 import gc
 import os
 import threading
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -73,19 +75,99 @@ def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
 
 
 def setup(device_choice: str = "auto") -> DistEnv:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1); otherwise a single process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank_ = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    """Join the process group when launched by torchrun or srun with more than one process
+    (``launch_env``); otherwise a single process."""
+    launch = launch_env()
+    world, rank_, local_rank = launch.world_size, launch.rank, launch.local_rank
     device = resolve_device(device_choice, local_rank)
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend)
+        if launch.launcher == "slurm":  # no torchrun: the rendezvous is the first node of the allocation
+            dist.init_process_group(backend=backend, rank=rank_, world_size=world,
+                                    init_method=f"tcp://{launch.master_addr}:{launch.master_port}")
+        else:
+            dist.init_process_group(backend=backend)
     if dist.is_initialized():
         rank_, world = dist.get_rank(), dist.get_world_size()
     return DistEnv(rank=rank_, world_size=world, local_rank=local_rank, device=device)
+
+
+# ----------------------------------------------------------------------------- who launched us
+
+DEFAULT_MASTER_PORT = 29500  # torchrun's default
+
+
+@dataclass
+class LaunchEnv:
+    """This process's place in the job, as its launcher described it."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    launcher: str  # "torchrun", "slurm" or "single"
+    master_addr: str | None = None
+    master_port: int | None = None
+
+
+def expand_hostlist(hostlist: str) -> list[str]:
+    """SLURM's compressed host list, expanded: ``node[01-03,07],gpu-a[1-2]-x`` gives node01, node02,
+    node03, node07, gpu-a1-x, gpu-a2-x (zero padding kept; several bracket groups in one name give
+    their product, as ``scontrol show hostnames`` does)."""
+    names, depth, start = [], 0, 0
+    for i, ch in enumerate(hostlist + ","):
+        depth += {"[": 1, "]": -1}.get(ch, 0)
+        if depth < 0:
+            raise ValueError(f"unbalanced ']' in SLURM host list {hostlist!r}")
+        if ch == "," and depth == 0:
+            if i > start:
+                names.extend(_expand_one(hostlist[start:i], hostlist))
+            start = i + 1
+    if depth != 0:
+        raise ValueError(f"unbalanced '[' in SLURM host list {hostlist!r}")
+    return names
+
+
+def _expand_one(name: str, hostlist: str) -> list[str]:
+    open_at = name.find("[")
+    if open_at < 0:
+        return [name]
+    close_at = name.index("]", open_at)
+    head, body, tail = name[:open_at], name[open_at + 1 : close_at], name[close_at + 1 :]
+    values = []
+    for part in body.split(","):
+        low, _, high = part.partition("-")
+        if not low.isdigit() or (high and not high.isdigit()):
+            raise ValueError(f"bad range {part!r} in SLURM host list {hostlist!r}")
+        width = len(low)
+        values.extend(str(v).zfill(width) for v in range(int(low), int(high or low) + 1))
+    return [head + v + rest for v in values for rest in _expand_one(tail, hostlist)]
+
+
+def launch_env(environ: Mapping[str, str] | None = None) -> LaunchEnv:
+    """Rank, world size, local rank and master from torchrun's variables (``RANK``, ``WORLD_SIZE``,
+    ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) or, when the process was started by ``srun``
+    without torchrun, from SLURM's (``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID``, the first
+    host of ``SLURM_JOB_NODELIST`` as master, ``MASTER_PORT`` or 29500). torchrun wins when both are
+    set (torchrun launched inside an allocation). A single SLURM task (``python`` in a batch script,
+    ``srun --ntasks 1``) is a single process."""
+    env = os.environ if environ is None else environ
+    if "WORLD_SIZE" in env:
+        port = env.get("MASTER_PORT")
+        return LaunchEnv(rank=int(env.get("RANK", "0")), world_size=int(env["WORLD_SIZE"]),
+                         local_rank=int(env.get("LOCAL_RANK", "0")), launcher="torchrun",
+                         master_addr=env.get("MASTER_ADDR"), master_port=int(port) if port else None)
+    ntasks = int(env.get("SLURM_NTASKS", env.get("SLURM_NPROCS", "1")))
+    if ntasks > 1 and "SLURM_PROCID" in env:
+        nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
+        if not nodelist:
+            raise RuntimeError("SLURM_NTASKS > 1 but SLURM_JOB_NODELIST is not set: cannot tell the master node")
+        return LaunchEnv(rank=int(env["SLURM_PROCID"]), world_size=ntasks,
+                         local_rank=int(env.get("SLURM_LOCALID", "0")), launcher="slurm",
+                         master_addr=env.get("MASTER_ADDR") or expand_hostlist(nodelist)[0],
+                         master_port=int(env.get("MASTER_PORT", DEFAULT_MASTER_PORT)))
+    return LaunchEnv(rank=0, world_size=1, local_rank=0, launcher="single")
 
 
 def cleanup() -> None:
@@ -138,21 +220,39 @@ def all_gather(t: torch.Tensor) -> list[torch.Tensor]:
 
 def average_gradients(params: list[torch.Tensor]) -> None:
     """Each gradient replaced by its mean over ranks: what DDP's backward does, for when that backward
-    did not run (the last micro-batch of an accumulation group had no record on any rank). A parameter
-    with a gradient on some rank but not on this one contributes zeros; one with none anywhere keeps
-    ``None`` (AdamW then leaves it alone)."""
+    did not run (the last micro-batch of an accumulation group had no record on any rank, or gradient
+    caching ran the backward outside DDP). A parameter with a gradient on some rank but not on this
+    one contributes zeros; one with none anywhere keeps ``None`` (AdamW then leaves it alone).
+    One collective per dtype and device (as DDP's buckets), not one per tensor."""
     if not is_distributed() or not params:
         return
     has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32)
     all_reduce_(has, "max")
-    world = dist.get_world_size()
+    groups: dict[tuple, list[torch.Tensor]] = {}
     for p, present in zip(params, has.tolist()):
         if not present:
             continue
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-        all_reduce_(p.grad)
-        p.grad.div_(world)
+        groups.setdefault((p.grad.dtype, p.grad.device), []).append(p.grad)
+    world = dist.get_world_size()
+    for grads in groups.values():
+        flat = all_reduce_(torch.cat([g.reshape(-1) for g in grads]))
+        flat.div_(world)
+        for g, mean in zip(grads, flat.split([g.numel() for g in grads])):
+            g.copy_(mean.view_as(g))
+
+
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm's running statistics) on every rank: what DDP does at each of its
+    forwards, for steps that ran outside it (gradient caching)."""
+    if not is_distributed():
+        return
+    for buffer in module.buffers():
+        buf = buffer.to(_comm_device(buffer))
+        dist.broadcast(buf, src=0)
+        if buf is not buffer:
+            buffer.copy_(buf.to(buffer.device))
 
 
 def check_in_sync(params: list[torch.Tensor], what: str = "model weights") -> None:

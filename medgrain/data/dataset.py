@@ -267,24 +267,32 @@ def take_rows(batch: dict[str, Any], n: int) -> dict[str, Any]:
     read). ``n=0`` gives the empty batch."""
     if n == 0:
         return {"ids": [], "skipped": batch.get("skipped", 0)}
-    out = _take(batch, n, skip=("skipped", "texts", "report"))
+    return slice_rows(batch, 0, n)
+
+
+def slice_rows(batch: dict[str, Any], start: int, stop: int) -> dict[str, Any]:
+    """Samples ``start:stop`` (a non-empty range) of a batch from ``Collator``, as ``take_rows`` takes
+    the first ``n``: the tokenised texts keep the rows of the present texts among those samples
+    (gradient caching embeds a batch in such chunks)."""
+    out = _take(batch, start, stop, skip=("skipped", "texts", "report"))
     if "texts" in batch:
         present = batch.get("present", {})
-        out["texts"] = {g: _take_present(tokens, present.get(g), n) for g, tokens in batch["texts"].items()}
+        out["texts"] = {g: _take_present(tokens, present.get(g), start, stop) for g, tokens in batch["texts"].items()}
     if "report" in batch:
-        out["report"] = _take_present(batch["report"], batch.get("report_present"), n)
+        out["report"] = _take_present(batch["report"], batch.get("report_present"), start, stop)
     return out
 
 
-def _take(value, n: int, skip=()):
+def _take(value, start: int, stop: int, skip=()):
     if isinstance(value, dict):
-        return {k: (v if k in skip else _take(v, n)) for k, v in value.items()}
-    return value[:n]
+        return {k: (v if k in skip else _take(v, start, stop)) for k, v in value.items()}
+    return value[start:stop]
 
 
-def _take_present(tokens: dict[str, torch.Tensor] | None, present: torch.Tensor | None, n: int):
-    rows = n if present is None else int(present[:n].sum())
-    return None if tokens is None or rows == 0 else _take(tokens, rows)
+def _take_present(tokens: dict[str, torch.Tensor] | None, present: torch.Tensor | None, start: int, stop: int):
+    if present is not None:  # rows of the present texts only
+        start, stop = int(present[:start].sum()), int(present[:stop].sum())
+    return None if tokens is None or stop == start else _take(tokens, start, stop)
 
 
 def _stack_images(items: list[dict[str, Any]]) -> torch.Tensor:

@@ -57,6 +57,12 @@ class DualEncoder(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)))
         self.config = config
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing in both towers (open_clip's ``CLIP.set_grad_checkpointing``): less
+        memory for one more forward of each tower in backward."""
+        self.visual.set_grad_checkpointing(enable)
+        self.text.set_grad_checkpointing(enable)
+
     def logit_scale_value(self) -> torch.Tensor:
         """The multiplier of the similarities: exp of the parameter clamped to [0, log 100]."""
         return self.logit_scale.clamp(0.0, MAX_LOGIT_SCALE).exp()

@@ -41,6 +41,11 @@ class ImageTower(nn.Module):
     def forward(self, images: torch.Tensor, tokens: bool = False) -> ImageOutput:
         raise NotImplementedError
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute activations in backward: the library's own switch (timm's and open_clip's
+        ``set_grad_checkpointing``, which both checkpoint block by block)."""
+        self.trunk.set_grad_checkpointing(enable)
+
     def dense(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Per-location features in the pooled feature's space, (N, M, width), and their grid: what the
         global image head can project location by location (phrase grounding without token heads, as

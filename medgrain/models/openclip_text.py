@@ -73,6 +73,10 @@ class OpenCLIPTextTower(nn.Module):
     def config(self) -> OpenCLIPTextConfig:
         return self._config
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """open_clip's own activation checkpointing of the text transformer's blocks."""
+        self.transformer.set_grad_checkpointing(enable)
+
     def _pooled_index(self, input_ids: torch.Tensor) -> torch.Tensor:
         t = self.transformer
         if t.pool_type == "argmax":  # the end-of-text id is the largest; argmax takes the first

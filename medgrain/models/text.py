@@ -100,6 +100,21 @@ class TextTower(nn.Module):
         self.pooling = pooling
         self.width = transformer.config.hidden_size
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute activations in backward, by transformers' own switch (``activation_checkpointing_enable``,
+        ``gradient_checkpointing_enable`` before transformers 5.x renamed it), non-reentrant so that DDP
+        and inputs without a gradient need nothing special."""
+        t = self.transformer
+        if hasattr(t, "activation_checkpointing_enable"):
+            if enable:
+                t.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                t.activation_checkpointing_disable()
+        elif enable:
+            t.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            t.gradient_checkpointing_disable()
+
     @property
     def config(self):
         """The transformers config: everything needed to rebuild the tower (see text_tower_from_config)."""

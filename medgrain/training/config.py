@@ -186,6 +186,20 @@ class TrainSection(_Strict):
     sync_batchnorm: bool = True  # under DDP on GPUs, so BatchNorm sees the global batch (CPU: per rank)
     progress: bool = True
     tensorboard: bool = True
+    # Memory levers (docs/benchmarks.md). Activation checkpointing of both towers, by their libraries'
+    # own switches (timm's and open_clip's set_grad_checkpointing, transformers' gradient_checkpointing_enable).
+    grad_checkpointing: bool = False
+    # Gradient caching (Gao et al. 2021, arXiv:2101.06983): embed each micro-batch in K chunks, so the
+    # contrastive loss sees the whole (global) batch in the memory of one chunk. clip and mgll only.
+    contrastive_chunks: int = Field(1, ge=1)
+    compile: bool = False  # torch.compile the two towers (in place: checkpoints keep their names)
+
+    @model_validator(mode="after")
+    def _chunks_fit(self) -> TrainSection:
+        if self.contrastive_chunks > self.batch_size:
+            raise ValueError(f"train.contrastive_chunks={self.contrastive_chunks} is more than "
+                             f"train.batch_size={self.batch_size}: a chunk needs at least one sample")
+        return self
 
 
 class RunConfig(_Strict):

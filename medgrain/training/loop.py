@@ -25,8 +25,9 @@ from ..losses.objective import Objective, build_objective
 from ..models.factory import create_model_and_tokenizer
 from ..threads import use_threads
 from .checkpoint import find_resumable, link_checkpoint, load_training_state, save_checkpoint
-from .config import RunConfig
+from .config import ConfigError, RunConfig, TrainSection
 from .data import apply_drop_texts, build_datasets, build_train_sampler, open_sources, run_granularities
+from .grad_cache import batchnorm_modules, cached_backward
 from .logging import RunLogger
 from .optim import build_optimizer, build_scheduler
 from .sampling import EpochSeededDataset, ShardedBatchSampler
@@ -253,6 +254,7 @@ def set_up(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> Run:
     _seed_everything(t.seed + 1000 * env.rank)
 
     sources = apply_drop_texts(cfg, sources, granularities, out, env.is_main)
+    notes, find_unused = prepare_model(model, objective, t, _texts_complete(sources, cfg, objective))
     train_ds, valid_ds, collate = _datasets(cfg, sources, granularities, objective, model.config.preprocess_config(),
                                             tokenizer)
     train_sampler = build_train_sampler(cfg, sources, train_ds.base, env.rank, env.world_size)
@@ -273,7 +275,14 @@ def set_up(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> Run:
     state = _resume(out, env, module, optimizer, scheduler) if resume else TrainState()
     logger = RunLogger(out, enabled=env.is_main, tensorboard=t.tensorboard, progress=t.progress,
                        total_steps=total_steps, start_step=state.step)
-    return Run(cfg=cfg, env=env, out=out, module=module, ddp=_wrap_ddp(module, env), optimizer=optimizer,
+    for note in notes:
+        logger.warn(note)
+    # A static graph (DDP traces the first step, then skips its per-step bookkeeping) needs every step to
+    # be one forward and one synchronised backward: not with accumulation (no_sync) or skipped records
+    # (a micro-batch may have no forward at all); torch's reducer asserts otherwise.
+    static = not find_unused and t.grad_accum == 1 and cfg.data.on_error != "skip"
+    ddp = _wrap_ddp(module, env, find_unused, static)
+    return Run(cfg=cfg, env=env, out=out, module=module, ddp=ddp, optimizer=optimizer,
                scheduler=scheduler, tokenizer=tokenizer, train_ds=train_ds, valid_ds=valid_ds, collate=collate,
                train_sampler=train_sampler, total_steps=total_steps,
                use_bf16=t.precision == "bf16" or (t.precision == "auto" and env.device.type == "cuda"),
@@ -309,13 +318,57 @@ def _resume(out: Path, env: mdist.DistEnv, module: TrainingModule, optimizer, sc
     return TrainState.from_dict(loaded)
 
 
-def _wrap_ddp(module: TrainingModule, env: mdist.DistEnv) -> nn.Module:
+def _texts_complete(sources, cfg: RunConfig, objective: Objective) -> bool:
+    """Every training record of every source has every text the objective reads (else a micro-batch
+    may leave the text tower unused on one rank)."""
+    records = (r for source in sources for r in source.manifest.split(cfg.data.train_split))
+    for record in records:
+        for name in objective.texts_read():
+            if (not record.report) if name == "report" else (record.texts.get(name) is None):
+                return False
+    return True
+
+
+def prepare_model(model: nn.Module, objective: Objective, t: TrainSection,
+                  texts_complete: bool = True) -> tuple[list[str], bool]:
+    """The training levers on the model; returns warnings for the log and whether DDP must search for
+    unused parameters.
+
+    Parameters the objective declares unused (token heads under clip and mgll, the logit scale under
+    mgca) are frozen: they never get a gradient anyway, and DDP then needs no per-step search of the
+    graph (``find_unused_parameters``). It searches only for an objective that cannot say, or when
+    texts are absent in the data (a micro-batch without any text of a kind skips the text tower)."""
+    notes = []
+    if t.contrastive_chunks > 1:
+        if objective.chunk_limitation:
+            raise ConfigError(f"train.contrastive_chunks={t.contrastive_chunks} with objective "
+                              f"{objective.name!r}: {objective.chunk_limitation}")
+        norms = batchnorm_modules(model)
+        if norms:
+            notes.append(f"train.contrastive_chunks={t.contrastive_chunks}: BatchNorm layers ({', '.join(norms[:3])}"
+                         f"{', ...' if len(norms) > 3 else ''}) normalise over each chunk, not the batch, so the "
+                         "step is not exactly the unchunked one (a BatchNorm-free tower such as a ViT is)")
+    if t.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    unused = objective.unused_parameters(model)
+    for name in unused or []:
+        model.get_parameter(name).requires_grad_(False)
+    if t.compile:
+        # In place (nn.Module.compile): the state dict keeps its names, so checkpoints are unchanged.
+        model.visual.compile()
+        model.text.compile()
+    return notes, unused is None or not texts_complete
+
+
+def _wrap_ddp(module: TrainingModule, env: mdist.DistEnv, find_unused: bool, static_graph: bool) -> nn.Module:
+    """DDP, searching the graph for unused parameters only where asked; ``static_graph``: the same
+    parameters in the same order at every step, so DDP reuses its first step's bucket order."""
     if not env.distributed:
         return module
     device = env.device
     return nn.parallel.DistributedDataParallel(
         module, device_ids=[device.index] if device.type == "cuda" else None,
-        find_unused_parameters=True,  # presets may carry heads the chosen objective does not use
+        find_unused_parameters=find_unused, static_graph=static_graph,
     )
 
 
@@ -373,32 +426,55 @@ def train_micro_batch(run: Run, batch: dict[str, Any], meter: _EpochMeter, sync:
         state.empty_batches += 1
         run.logger.warn(f"step {state.step + 1}: a micro-batch had no record left to train on "
                         f"({state.empty_batches} in all); it is stepped over")
-        if sync and env.distributed and meter.group_rows:
+        if sync and env.distributed and meter.group_rows and t.contrastive_chunks == 1:
             # DDP averages gradients in the group's last backward, which did not run: do it here.
             mdist.average_gradients(run.params)
         return
     batch = to_device(batch, env.device)
-    # Until the last micro-batch of a group, DDP keeps gradients local (one context for both the
-    # forward and the backward: no_sync is a one-shot context manager).
-    with run.ddp.no_sync() if (env.distributed and not sync) else contextlib.nullcontext():
-        with torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=run.use_bf16):
-            parts = run.ddp(batch)
-        loss = parts["loss"]
-        meter.finite *= float(torch.isfinite(loss.detach()))
-        (loss / t.grad_accum).backward()
+    if t.contrastive_chunks > 1:
+        parts = _cached_micro_batch(run, batch)
+    else:
+        parts = _micro_batch(run, batch, sync)
+    meter.finite *= float(torch.isfinite(parts["loss"].detach()))
     meter.last_parts = {k: float(v.detach()) for k, v in parts.items()}
     for k, v in meter.last_parts.items():
         meter.sums[k] = meter.sums.get(k, 0.0) + v
-    meter.last_loss = float(loss.detach())
+    meter.last_loss = meter.last_parts["loss"]
     meter.n_parts += 1
     meter.samples += n * env.world_size
     meter.group_rows += n
+
+
+def _micro_batch(run: Run, batch: dict[str, Any], sync: bool) -> dict[str, torch.Tensor]:
+    env = run.env
+    # Until the last micro-batch of a group, DDP keeps gradients local (one context for both the
+    # forward and the backward: no_sync is a one-shot context manager).
+    with run.ddp.no_sync() if (env.distributed and not sync) else contextlib.nullcontext():
+        with _autocast(run):
+            parts = run.ddp(batch)
+        (parts["loss"] / run.cfg.train.grad_accum).backward()
+    return parts
+
+
+def _cached_micro_batch(run: Run, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Gradient caching (medgrain.training.grad_cache): outside DDP, whose one forward per backward it
+    cannot follow; optimizer_step averages the gradients over ranks instead."""
+    t = run.cfg.train
+    return cached_backward(run.module.objective, run.module.model, batch, t.contrastive_chunks,
+                           loss_scale=1.0 / t.grad_accum, context=lambda: _autocast(run))
+
+
+def _autocast(run: Run):
+    return torch.autocast(run.env.device.type, dtype=torch.bfloat16, enabled=run.use_bf16)
 
 
 def optimizer_step(run: Run, meter: _EpochMeter) -> torch.Tensor:
     """Close an accumulation group: clip, update unless a rank's loss or gradient was non-finite,
     advance the schedule. Returns the gradient norm before clipping."""
     state, t, optim = run.state, run.cfg.train, run.cfg.optim
+    if t.contrastive_chunks > 1 and run.env.distributed:
+        mdist.average_gradients(run.params)
+        mdist.broadcast_buffers(run.module)
     run.module.objective.after_backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(
         [p for p in run.params if p.grad is not None],

@@ -70,6 +70,34 @@ class Objective(nn.Module):
     def after_backward(self) -> None:  # noqa: B027 - optional hook
         pass
 
+    def texts_read(self) -> list[str]:
+        """The texts this objective reads ('report' or granularity names): where one is absent for a
+        whole micro-batch the text tower may not run, which DDP must know (``find_unused_parameters``)."""
+        return [*self.granularities, *(["report"] if self.needs_report else [])]
+
+    def unused_parameters(self, model: nn.Module) -> list[str] | None:
+        """Names of ``model``'s parameters this objective never uses (the trainer freezes them, so DDP
+        needs no search for unused parameters); None: not known (DDP then searches at every step)."""
+        return None
+
+    # Gradient caching (``train.contrastive_chunks``, medgrain.training.grad_cache) splits the forward in
+    # two: per-sample embeddings, then the loss over a whole batch of them. An objective that can be
+    # split sets ``chunk_limitation = None`` and implements both; otherwise it says why not.
+    chunk_limitation: str | None = "its forward is not split into embeddings and a loss over them"
+
+    def embed(self, model: nn.Module, batch: Mapping) -> dict[str, torch.Tensor]:
+        """Per-sample embeddings ``{name: (n, ...)}`` of a batch, in batch order."""
+        raise NotImplementedError(f"objective {self.name!r}: {self.chunk_limitation}")
+
+    def loss_from_embeddings(self, model: nn.Module, embeddings: Mapping, batch: Mapping) -> dict[str, torch.Tensor]:
+        """The loss of ``batch`` from its embeddings (``embed``'s, possibly computed chunk by chunk)."""
+        raise NotImplementedError(f"objective {self.name!r}: {self.chunk_limitation}")
+
+
+def token_head_parameters(model: nn.Module) -> list[str]:
+    """The token heads' parameters: objectives that align global embeddings only never use them."""
+    return [n for n, _ in model.named_parameters() if n.startswith(("image_token_proj.", "text_token_proj."))]
+
 
 # ------------------------------------------------------------------------- absent texts
 # Texts may be absent (``batch["present"][g]``, ``batch["report_present"]``): the text tower runs on the

@@ -15,6 +15,7 @@ from medgrain.losses.objective.base import (
     ObjectiveOptions,
     encode_present_text,
     text_and_present,
+    token_head_parameters,
 )
 
 
@@ -46,8 +47,22 @@ class ClipObjective(Objective):
             raise ValueError("objective.clip.text='report' but the data has no reports")
         return cls(granularities, text)
 
-    def forward(self, model: nn.Module, batch: Mapping) -> dict[str, torch.Tensor]:
+    chunk_limitation = None
+
+    def texts_read(self) -> list[str]:
+        return [self.text]
+
+    def unused_parameters(self, model: nn.Module) -> list[str]:
+        return token_head_parameters(model)
+
+    def embed(self, model: nn.Module, batch: Mapping) -> dict[str, torch.Tensor]:
         tokens, present = text_and_present(batch, self.text)
         image = model.encode_image(batch["images"])
-        text = encode_present_text(model, tokens, present, image)
-        return self.loss(image, text, model.logit_scale_value(), present=present)
+        return {"image": image, "text": encode_present_text(model, tokens, present, image)}
+
+    def loss_from_embeddings(self, model: nn.Module, embeddings: Mapping, batch: Mapping) -> dict[str, torch.Tensor]:
+        _, present = text_and_present(batch, self.text)
+        return self.loss(embeddings["image"], embeddings["text"], model.logit_scale_value(), present=present)
+
+    def forward(self, model: nn.Module, batch: Mapping) -> dict[str, torch.Tensor]:
+        return self.loss_from_embeddings(model, self.embed(model, batch), batch)

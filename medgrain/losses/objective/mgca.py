@@ -86,6 +86,17 @@ class MGCAObjective(Objective):
     name = "mgca"
     needs_report = True
     aligns_tokens = True
+    chunk_limitation = (
+        "gradient caching is not available for MGCA: MGCA's heads (global and token-wise) normalise with "
+        "BatchNorm over the batch, which passes over chunks of it would change, so the cached gradients "
+        "would not be the step's; use train.grad_checkpointing to fit larger batches"
+    )
+
+    def texts_read(self) -> list[str]:
+        return ["report"]
+
+    def unused_parameters(self, model: nn.Module) -> list[str]:
+        return ["logit_scale"]  # ITA has its own fixed temperature
 
     def __init__(self, granularities: Sequence[str], embed_dim: int, options: MGCAOptions | None = None):
         super().__init__(granularities)

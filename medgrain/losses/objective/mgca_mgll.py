@@ -23,6 +23,12 @@ class MGCAMGLLObjective(MGCAObjective):
 
     name = "mgca+mgll"
 
+    def texts_read(self) -> list[str]:
+        return [*self.granularities, "report"]
+
+    def unused_parameters(self, model: nn.Module) -> list[str]:
+        return []  # MGLL uses the logit scale, MGCA's levels the token heads
+
     def __init__(self, granularities: Sequence[str], embed_dim: int, mgll: MGLLOptions, mgca: MGCAOptions):
         super().__init__(granularities, embed_dim, mgca.model_copy(update={"lambda_ita": 0.0}))
         self.mgll = MGLLObjective(granularities, mgll)

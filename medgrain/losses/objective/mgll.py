@@ -19,6 +19,7 @@ from medgrain.losses.objective.base import (
     encode_present_text,
     loss_default,
     text_and_present,
+    token_head_parameters,
 )
 
 
@@ -58,7 +59,22 @@ class MGLLObjective(Objective):
         masks = [present for _, present in pairs]
         return feats, labels, (None if any(m is None for m in masks) else masks)
 
-    def forward(self, model: nn.Module, batch: Mapping) -> dict[str, torch.Tensor]:
+    chunk_limitation = None
+
+    def unused_parameters(self, model: nn.Module) -> list[str]:
+        return token_head_parameters(model)
+
+    def embed(self, model: nn.Module, batch: Mapping) -> dict[str, torch.Tensor]:
         image = model.encode_image(batch["images"])
-        feats, labels, present = self.global_texts(model, batch, image)
-        return self.loss(image, feats, labels, model.logit_scale_value(), present=present)
+        feats, _, _ = self.global_texts(model, batch, image)
+        return {"image": image, **{f"text:{g}": f for g, f in zip(self.granularities, feats)}}
+
+    def loss_from_embeddings(self, model: nn.Module, embeddings: Mapping, batch: Mapping) -> dict[str, torch.Tensor]:
+        feats = [embeddings[f"text:{g}"] for g in self.granularities]
+        labels = [batch["text_ids"][g] for g in self.granularities]
+        masks = [text_and_present(batch, g)[1] for g in self.granularities]
+        present = None if any(m is None for m in masks) else masks
+        return self.loss(embeddings["image"], feats, labels, model.logit_scale_value(), present=present)
+
+    def forward(self, model: nn.Module, batch: Mapping) -> dict[str, torch.Tensor]:
+        return self.loss_from_embeddings(model, self.embed(model, batch), batch)
