@@ -490,6 +490,9 @@ def main(argv: list[str] | None = None) -> int:
     if extra and args.command != "evaluate":  # evaluate parses its own (build_evaluate_parser)
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
+    from .console import install_console_logging
+
+    install_console_logging()  # the library logs; the command line shows its messages on stderr
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -9,11 +9,14 @@ budgets sized for a laptop CPU; a GPU is used when present and ``--epochs`` buys
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .io import atomic_write
+
+log = logging.getLogger(__name__)
 
 # The tiny run presets differ only in what the demo sets itself (objective, model preset, output folder),
 # so one of them serves every objective, including one that ships no preset of its own.
@@ -66,8 +69,6 @@ def run_demo(domain: str = "cxr", quick: bool = False, out: str | Path = "runs/d
              report: bool = True) -> dict:
     """Run the demo; returns the results dict also written to ``OUT/results.json``. ``methods``: names of
     registered objectives (default: all, in the registry's order)."""
-    from rich.console import Console
-
     from .data.synthetic import generate
     from .evaluation import evaluate_all, segment, task_spec
     from .evaluation.present import print_tables
@@ -88,7 +89,6 @@ def run_demo(domain: str = "cxr", quick: bool = False, out: str | Path = "runs/d
     budget = replace(budget, epochs=epochs or budget.epochs, n=n or budget.n)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    console = Console(stderr=True)
     stages = ["data", *[f"pretrain {m}" for m in methods], *[f"evaluate {m}" for m in methods],
               "evaluate random", "report"]
     started = time.time()
@@ -101,7 +101,7 @@ def run_demo(domain: str = "cxr", quick: bool = False, out: str | Path = "runs/d
         done = durations[1:]
         left = (sum(done) / len(done)) * (len(stages) - i) if done else None
         eta = f", about {left / 60:.1f} min left" if left is not None else ""
-        console.rule(f"[bold]stage {i + 1}/{len(stages)}: {name}[/]  ({elapsed / 60:.1f} min elapsed{eta})")
+        log.info("stage %d/%d: %s  (%.1f min elapsed%s)", i + 1, len(stages), name, elapsed / 60, eta)
 
     def timed(i: int, name: str, fn):
         stage(i, name)
@@ -115,7 +115,7 @@ def run_demo(domain: str = "cxr", quick: bool = False, out: str | Path = "runs/d
 
     def make_data():
         if manifest.is_file():
-            console.print(f"reusing {manifest}")
+            log.info("reusing %s", manifest)
             return manifest
         return generate(domain, data_dir, n=budget.n, seed=seed, size=budget.size, workers=2)
 
@@ -165,6 +165,6 @@ def run_demo(domain: str = "cxr", quick: bool = False, out: str | Path = "runs/d
         html = timed(len(stages) - 1, "report",
                      lambda: build_report(runs, out / "report.html", results=results, data_manifest=manifest,
                                           cache_dir=cache))
-        console.print(f"[bold green]report:[/] {html}")
-    console.print(f"results: {out / 'results.json'}  ({(time.time() - started) / 60:.1f} min)")
+        log.info("report: %s", html)
+    log.info("results: %s  (%.1f min)", out / "results.json", (time.time() - started) / 60)
     return results

@@ -9,7 +9,7 @@ from typing import Any
 
 from rich.table import Table as RichTable
 
-from medgrain.evaluation.progress import make_console
+from medgrain.console import make_console
 
 # Tables go to stdout, progress and log messages to stderr: `medgrain evaluate ... > table.txt` stays clean.
 STDOUT = make_console(stderr=False)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -15,14 +14,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-
-def make_console(stderr: bool) -> Console:
-    console = Console(stderr=stderr)
-    # A log file or a pipe gets wide tables, not the 80 columns rich assumes without a terminal.
-    return console if console.is_terminal else Console(stderr=stderr, width=160)
-
-
-STDERR = make_console(stderr=True)
+from medgrain.console import STDERR
 
 
 def progress(iterable: Iterable, description: str, total: int | None = None) -> Iterator:

@@ -12,14 +12,13 @@ import base64
 import datetime as dt
 import html
 import importlib.metadata
+import logging
 import platform
 import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from rich.console import Console
 
 from medgrain.io import atomic_write
 from medgrain.report import gather, plots
@@ -37,7 +36,7 @@ from medgrain.report.results import (
     validate_results,
 )
 
-CONSOLE = Console(stderr=True)
+log = logging.getLogger(__name__)
 VERSIONS = ("torch", "torchvision", "timm", "open_clip_torch", "transformers", "tokenizers", "numpy",
             "scikit-learn", "matplotlib", "medgrain")
 DEFAULT_TITLE = "medgrain report"
@@ -328,7 +327,7 @@ def configs_section(runs: list) -> str:
 def _failed(what: str, error: Exception, notes: list[str]) -> str:
     reason = f"{type(error).__name__}: {error}"
     notes.append(f"{what}: {reason}")
-    CONSOLE.print(f"[yellow]report:[/yellow] {what} not drawn: {reason}")
+    log.warning("report: %s not drawn: %s", what, reason)
     return missing(what, reason)
 
 
@@ -399,7 +398,7 @@ def compute_views(runs, manifest, cache_dir, notes: list[str], attention_records
             return None
 
     for source in sources:
-        CONSOLE.print(f"report: {source.name} ({source.checkpoint})")
+        log.info("report: %s (%s)", source.name, source.checkpoint)
         encoder = attempt(f"the encoder of {source.name}", views.points_missing, gather.load, source)
         if encoder is None:
             continue
@@ -452,7 +451,7 @@ def build_report(run_dirs: list[str | Path], out: str | Path, results: dict[str,
 
     notes: list[str] = []
     views = compute_views(runs, manifest, cache_dir, notes, attention_records)
-    CONSOLE.print("report: drawing")
+    log.info("report: drawing")
     body = [
         comparison_section(results, colours),
         curves_section(runs_by_method, colours, notes),
@@ -487,7 +486,7 @@ def build_report(run_dirs: list[str | Path], out: str | Path, results: dict[str,
         f'<main class="wrap">{notes_html}{summary_html}{"".join(body)}</main></body></html>\n'
     )
     out = atomic_write(out, document)
-    CONSOLE.print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    log.info("wrote %s (%.1f MB)", out, out.stat().st_size / 1e6)
     return out
 
 

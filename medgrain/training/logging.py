@@ -1,13 +1,17 @@
 """Run logging: a JSONL file (the source of truth for curves and the report), TensorBoard, and a
-rich progress bar with the loss, throughput and ETA. Only rank 0 logs."""
+rich progress bar with the loss, throughput and ETA. Only rank 0 logs. Messages (the losses when
+there is no progress bar, warnings, the skip summary) go through ``logging``; the command line shows
+them (``medgrain.console``)."""
 
 from __future__ import annotations
 
 import json
-import sys
+import logging
 import time
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 class RunLogger:
@@ -28,7 +32,9 @@ class RunLogger:
                 self._tb = SummaryWriter(log_dir=str(Path(out) / "tensorboard"))
             except ImportError:  # tensorboard is a dependency; a broken install should not stop training
                 self.warn("tensorboard is not importable; logging to metrics.jsonl only")
-        if progress and sys.stderr.isatty():
+        from medgrain.console import STDERR
+
+        if progress and STDERR.is_terminal:
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,
@@ -42,7 +48,7 @@ class RunLogger:
                 TextColumn("[bold]pretrain[/] epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]:.0f} samples/s"),
                 TimeElapsedColumn(), TimeRemainingColumn(),
-                transient=False,
+                transient=False, console=STDERR,
             )
             self._progress.start()
             self._task = self._progress.add_task("train", total=total_steps, completed=start_step, loss=float("nan"),
@@ -61,18 +67,19 @@ class RunLogger:
                     self._tb.add_scalar(f"{split}/{k}", v, row.get("step", 0))
         split = row.get("split")
         if self._progress is None and split == "valid":
-            print(f"[valid] step {row['step']} loss {row['loss']:.4f}", file=sys.stderr)
+            log.info("[valid] step %d loss %.4f", row["step"], row["loss"])
         elif self._progress is None and split == "train":
-            print(f"[train] step {row['step']} loss {row.get('loss', float('nan')):.4f} "
-                  f"{row.get('samples_per_s', 0):.1f} samples/s", file=sys.stderr)
+            log.info("[train] step %d loss %.4f %.1f samples/s", row["step"], row.get("loss", float("nan")),
+                     row.get("samples_per_s", 0))
 
     def advance(self, step: int, fields: dict[str, Any]) -> None:
         if self._progress is not None:
             self._progress.update(self._task, completed=step, **fields)
 
     def warn(self, message: str) -> None:
+        """Log a warning and keep it in metrics.jsonl, where the report finds it."""
         if self.enabled:
-            print(f"warning: {message}", file=sys.stderr)
+            log.warning(message)
             with self.metrics_path.open("a") as f:
                 f.write(json.dumps({"split": "warning", "message": message}) + "\n")
 
@@ -87,8 +94,8 @@ class RunLogger:
             self.log({"split": "summary", **summary})
             if summary.get("skipped_records") or summary.get("skipped_steps"):
                 equalised, empty = summary.get("equalised_records", 0), summary.get("empty_batches", 0)
-                print(f"skipped: {summary.get('skipped_records', 0)} record(s) with bad input, "
-                      f"{summary.get('skipped_steps', 0)} step(s) with a non-finite loss or gradient"
-                      + (f", {equalised} good record(s) left out to keep the ranks' batches equal" if equalised else "")
-                      + (f", {empty} micro-batch(es) with no record left, stepped over" if empty else ""),
-                      file=sys.stderr)
+                log.warning(f"skipped: {summary.get('skipped_records', 0)} record(s) with bad input, "
+                            f"{summary.get('skipped_steps', 0)} step(s) with a non-finite loss or gradient"
+                            + (f", {equalised} good record(s) left out to keep the ranks' batches equal"
+                               if equalised else "")
+                            + (f", {empty} micro-batch(es) with no record left, stepped over" if empty else ""))

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from medgrain.console import STDERR
 from medgrain.data.manifest import SPLITS, Finding, Record, write_manifest
 
 DOMAINS = ("cxr", "fundus")
@@ -494,7 +495,7 @@ def generate(
             made = pool.imap(make_record, tasks, chunksize=max(1, min(64, n // (workers * 8))))
         else:
             made = map(make_record, tasks)
-        bar = stack.enter_context(Progress(*columns, disable=not show))
+        bar = stack.enter_context(Progress(*columns, disable=not show, console=STDERR))
         job = bar.add_task(f"synthetic {domain} {size}px", total=n, rate="")
         for record in made:
             records.append(record)
