@@ -256,7 +256,7 @@ def zero_shot(checkpoint: str, data, *, out=None, encoder=None, **kwargs) -> dic
 
 def default_prompts(manifest, domain: str | None) -> Prompts:
     """The default prompts of the data's domain (the records' ``domain``, else ``domain``). Data whose
-    findings are CheXpert 5x200's five also get GLoRIA's class prompts (``prompts/chexpert_5x200.yaml``)."""
+    findings are CheXpert 5x200's five also get class prompts in GLoRIA's style (``prompts/chexpert_5x200.yaml``)."""
     names = set(manifest.finding_names)
     published = load_prompts(PUBLISHED_PROMPTS["chexpert-5x200"])
     if names and names <= set(published.classes) and (domain or "cxr") == "cxr":
