@@ -11,8 +11,10 @@ import pytest
 
 from medgrain import cli
 from medgrain.data.prepare import PREPARERS, options
+from medgrain.export import EXPORT_FORMATS, export, format_names
 from medgrain.losses.objective import OBJECTIVES, ClipObjective, ObjectiveOptions
 from medgrain.models import get_model_config, list_models
+from medgrain.registry import Entry, UnknownEntryError
 from medgrain.report import build_report
 from medgrain.report.plots import PALETTE, method_colours
 from medgrain.training.config import ConfigError, load_config
@@ -106,6 +108,27 @@ def test_unknown_preset_is_named_by_the_config_and_the_cli(capsys):
 def test_list_models_filters_like_timm():
     assert list_models("mgca*") == ["mgca-resnet50-paper", "mgca-vit-paper"]
     assert list_models() == sorted(list_models())
+
+
+# ------------------------------------------------------------------------------------ export formats
+
+
+@pytest.mark.parametrize("name", format_names())
+def test_export_format_is_reachable(name, tmp_path, monkeypatch):
+    """`medgrain export --format NAME` reaches the exporter registered as NAME, with the checkpoint loaded
+    and the output folder as given (the exporter itself is tested in tests/test_export_*.py)."""
+    assert EXPORT_FORMATS.help(name)
+    calls = []
+    monkeypatch.setattr("medgrain.models.load_pretrained", lambda checkpoint: f"loaded {checkpoint}")
+    exporter = lambda pretrained, source, out: calls.append((pretrained, out)) or out  # noqa: E731
+    monkeypatch.setitem(EXPORT_FORMATS._entries, name, Entry(name, exporter))  # restored after the test
+    assert cli.main(["export", "ckpt", "--format", name, "--out", str(tmp_path / "out")]) == 0
+    assert calls == [("loaded ckpt", tmp_path / "out")]
+
+
+def test_unknown_export_format_lists_the_registered_ones(tmp_path):
+    with pytest.raises(UnknownEntryError, match="unknown export format 'onnx'; known: " + ", ".join(format_names())):
+        export(tmp_path, "onnx", tmp_path / "out")
 
 
 # ------------------------------------------------------------------------------------ a new objective
