@@ -89,8 +89,8 @@ class Budget:
 # EfficientNet-Lite0, MiniLM-L6) at the same size; MiniLM on the reports makes a step about 10x dearer on
 # a CPU (0.56 samples/s measured on a shared 2-core machine), so it is the budget for a GPU.
 BUDGETS = {
-    "toy": Budget(epochs=1, batch_size=16, lr=1e-3, image_size=48, preset="tiny", segment_epochs=1,
-                  fractions=(0.1, 1.0), segment_fractions=(1.0,), stop_after_steps=2),
+    "toy": Budget(epochs=1, batch_size=8, lr=1e-3, image_size=32, preset="tiny", segment_epochs=1,
+                  fractions=(1.0,), segment_fractions=(1.0,), stop_after_steps=1),
     "cpu": Budget(epochs=2, batch_size=32, lr=1e-3, image_size=128, preset="tiny", segment_epochs=2),
     "pretrained": Budget(epochs=5, batch_size=64, lr=3e-4, image_size=128, preset="effnet-minilm", segment_epochs=5),
 }
