@@ -49,6 +49,20 @@ def test_compare_multiclass_has_accuracy_and_f1():
     assert out["accuracy"]["difference_ci"][0] > 0
 
 
+def test_compare_retrieval_and_segmentation_pair_by_query_and_image():
+    ranks_a = {"ids": ["1", "2", "3", "4"], "image_to_text": [1, 1, 3, 9], "text_to_image": [1, 2, 1, 1]}
+    ranks_b = {"ids": ["4", "3", "2", "1"], "image_to_text": [1, 1, 1, 1], "text_to_image": [1, 1, 1, 1]}
+    a = {"task": "retrieval", "metrics": {"by_text": {"report": {"ranks": ranks_a}}}}
+    b = {"task": "retrieval", "metrics": {"by_text": {"report": {"ranks": ranks_b}}}}
+    out = compare_results(a, b, Bootstrap(50))["metrics"]
+    assert out["report i→t R@1"]["a"] == 0.5 and out["report i→t R@1"]["difference"] == -0.5
+    assert out["report i→t R@5"]["difference"] == -0.25
+    seg_a = {"task": "segment", "metrics": {"per_image": {"ids": ["x", "y"], "dice": [0.8, 0.4]}}}
+    seg_b = {"task": "segment", "metrics": {"per_image": {"ids": ["y", "x"], "dice": [0.2, 0.6]}}}
+    dice = compare_results(seg_a, seg_b, Bootstrap(50))["metrics"]["dice"]
+    assert dice["a"] == pytest.approx(0.6) and dice["difference"] == pytest.approx(0.2)
+
+
 def test_compare_refuses_what_cannot_be_paired(tmp_path):
     a = _result("zero-shot", ["1", "2", "3"], np.eye(3)[:, :2], np.eye(3)[:, :2].astype(bool))
     with pytest.raises(ValueError, match="not scored on the same test set"):
@@ -58,7 +72,9 @@ def test_compare_refuses_what_cannot_be_paired(tmp_path):
     with pytest.raises(ValueError, match="stored no per-image scores"):
         compare_results(a, {"task": "zero-shot"})
     with pytest.raises(ValueError, match="store no per-image values to pair"):
-        compare_results({"task": "retrieval"}, {"task": "retrieval"})
+        compare_results({"task": "detect"}, {"task": "detect"})
+    with pytest.raises(ValueError, match="stored no per-image Dice"):
+        compare_results({"task": "segment", "metrics": {}}, {"task": "segment", "metrics": {}})
     with pytest.raises(ValueError, match="disagree on the labels"):
         compare_results(a, _result("zero-shot", ["1", "2", "3"], np.eye(3)[:, :2], ~np.eye(3)[:, :2].astype(bool)))
 

@@ -8,7 +8,11 @@ It needs what each result stored per image:
 - zero-shot, linear probe, fine-tuning: ``scores`` (per-image scores and labels of the findings).
   Multi-label: macro AUROC and macro AP, which need no threshold (F1's validation thresholds are not
   stored). Multi-class (one label per image): top-1 accuracy, macro F1 and macro AUROC.
-- grounding: ``metrics.per_pair`` (each phrase-region pair's CNR and mIoU).
+- grounding: ``metrics.per_pair`` (each phrase-region pair's CNR and mIoU);
+- retrieval: each query's rank (Recall@1/5/10 per text source and direction);
+- segmentation: each test image's Dice (the largest label fraction's first seed).
+
+Detection is not paired (its mAP is not a mean over images).
 
 The images (or pairs) are matched by id; two results on different test sets are refused.
 """
@@ -96,6 +100,36 @@ def _grounding(a: dict, b: dict, names: tuple[str, str], bootstrap: Bootstrap) -
     return out
 
 
+def _per_value(a: dict, b: dict, names: tuple[str, str], bootstrap: Bootstrap, pick) -> dict[str, dict]:
+    """Paired means of per-image values: ``pick(result) -> (ids, {metric: values})``."""
+    (ids_a, values_a), (ids_b, values_b) = pick(a, names[0]), pick(b, names[1])
+    order = _aligned(ids_a, ids_b, *names)
+    return {key: paired_bootstrap(mean_rows, [np.asarray(values_a[key], np.float64)],
+                                  [np.asarray(values_b[key], np.float64)[order]], bootstrap) for key in values_a}
+
+
+def _segmentation_values(result: dict, name: str):
+    per_image = result["metrics"].get("per_image")
+    if not per_image:
+        raise ValueError(f"compare: {name} stored no per-image Dice (older medgrain); evaluate again")
+    return per_image["ids"], {"dice": per_image["dice"]}
+
+
+def _retrieval_values(result: dict, name: str, ks=(1, 5, 10)):
+    values, ids = {}, None
+    for source, entry in result["metrics"].get("by_text", {}).items():
+        ranks = entry.get("ranks")
+        if ranks is None:
+            raise ValueError(f"compare: {name} stored no per-query ranks (older medgrain); evaluate again")
+        ids = ranks["ids"]
+        for direction, arrow in (("image_to_text", "i→t"), ("text_to_image", "t→i")):
+            r = np.asarray(ranks[direction])
+            values.update({f"{source} {arrow} R@{k}": (r <= k).astype(np.float64) for k in ks})
+    if ids is None:
+        raise ValueError(f"compare: {name} has no retrieval results")
+    return ids, values
+
+
 def compare_results(a: dict, b: dict, bootstrap: Bootstrap | None = None,
                     names: tuple[str, str] = ("A", "B")) -> dict[str, Any]:
     """Per metric: A's value, B's, their difference with its 95% interval and the p-value of no difference."""
@@ -105,11 +139,15 @@ def compare_results(a: dict, b: dict, bootstrap: Bootstrap | None = None,
     task = a["task"]
     if task == "grounding":
         paired = _grounding(a, b, names, bootstrap)
+    elif task == "segment":
+        paired = _per_value(a, b, names, bootstrap, _segmentation_values)
+    elif task == "retrieval":
+        paired = _per_value(a, b, names, bootstrap, _retrieval_values)
     elif task in ("zero-shot", "linear-probe", "finetune"):
         paired = _classification(a, b, names, bootstrap)
     else:
         raise ValueError(f"compare: {task!r} results store no per-image values to pair; compare works on zero-shot, "
-                         "linear-probe, finetune and grounding results")
+                         "linear-probe, finetune, retrieval, segment and grounding results")
     return {"task": task, "a": a.get("checkpoint"), "b": b.get("checkpoint"), "data": a.get("data"),
             "resamples": bootstrap.resamples, "seed": bootstrap.seed, "metrics": paired}
 

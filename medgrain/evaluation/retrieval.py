@@ -105,9 +105,12 @@ def retrieval_task(ctx: EvalContext, options: RetrievalOptions) -> TaskResult:
         texts = texts_of(records, source)
         keys = text_ids(texts)
         similarity = images @ encode_texts(ctx.encoder, texts).T
+        i2t, t2i = retrieval_ranks(similarity, keys, keys), retrieval_ranks(similarity.T, keys, keys)
         by_text[source] = {
-            "image_to_text": recall_metrics(retrieval_ranks(similarity, keys, keys), KS, ctx.intervals),
-            "text_to_image": recall_metrics(retrieval_ranks(similarity.T, keys, keys), KS, ctx.intervals),
+            "image_to_text": recall_metrics(i2t, KS, ctx.intervals),
+            "text_to_image": recall_metrics(t2i, KS, ctx.intervals),
+            # every query's rank, so that two models can be compared query by query (medgrain compare)
+            "ranks": {"ids": [r.id for r in records], "image_to_text": i2t.tolist(), "text_to_image": t2i.tolist()},
             "queries": len(texts),
             "distinct_texts": len(set(texts)),
         }

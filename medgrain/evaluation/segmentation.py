@@ -239,7 +239,7 @@ def segment_task(ctx: EvalContext, options: SegmentOptions) -> TaskResult:
         result.warn(f"split '{ctx.valid_split}' has no images: every epoch runs and the last weights are scored")
     train_usable = {train_set.records[i].id for i in train_keep}
 
-    runs = []
+    runs, per_image = [], None
     for fraction, seed, ids in fraction_plan(manifest, ctx.fractions, ctx.seeds, ctx.fractions_dir):
         torch.manual_seed(seed)
         segmenter = build_segmenter(encoder, options.freeze).to(ctx.device)
@@ -261,8 +261,12 @@ def segment_task(ctx: EvalContext, options: SegmentOptions) -> TaskResult:
         metrics = {"macro": dice_summary(dice.numpy(), positive.numpy(), ctx.intervals),
                    "images": len(dice), "positive_images": int(positive.sum())}
         runs.append({"fraction": fraction, "seed": seed, "n_train": len(records), **fit, "metrics": metrics})
+        if fraction == max(ctx.fractions) and per_image is None:  # what medgrain compare pairs
+            subset_of = test_loader.dataset
+            ids = [subset_of.dataset.records[i].id for i in subset_of.indices]
+            per_image = {"ids": ids, "dice": dice.tolist(), "description": f"{fraction_name(fraction)} labels, seed {seed}"}
 
-    result.metrics = {"fractions": by_fraction(runs)}
+    result.metrics = {"fractions": by_fraction(runs), "per_image": per_image}
     if not any(r["metrics"]["positive_images"] for r in runs):
         result.warn(f"split '{split}' has no image with a mask: Dice only measures empty predictions")
     return result
