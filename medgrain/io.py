@@ -80,3 +80,19 @@ def replace_directory(staging: str | Path, target: str | Path) -> Path:
     if old.exists():
         shutil.rmtree(old)
     return target
+
+
+def atomic_directory(target: str | Path, build: Callable[[Path], object]) -> Path:
+    """Build the folder ``target`` whole or not at all: ``build`` fills ``target.staging`` (created by
+    ``build``; one a killed run left behind is removed first), which then replaces ``target``
+    (``replace_directory``). A ``build`` that raises leaves ``target`` as it was and no staging folder."""
+    target = Path(target)
+    staging = target.with_name(target.name + ".staging")
+    if staging.exists():
+        shutil.rmtree(staging)
+    try:
+        build(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return replace_directory(staging, target)

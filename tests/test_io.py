@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from medgrain.data.manifest import ManifestError, read_manifest, write_manifest
-from medgrain.io import atomic_write, replace_directory
+from medgrain.io import atomic_directory, atomic_write, replace_directory
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,3 +83,20 @@ def test_replace_directory_swaps_whole_folders(tmp_path):
     fresh.mkdir()
     replace_directory(fresh, tmp_path / "fresh")
     assert (tmp_path / "fresh").is_dir() and not fresh.exists()
+
+
+def test_atomic_directory_builds_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "best"
+    atomic_directory(target, lambda staging: (staging.mkdir(), (staging / "weights").write_text("first")))
+    (tmp_path / "best.staging").mkdir()  # left by a run killed while building
+
+    def dies(staging):
+        staging.mkdir()
+        (staging / "weights").write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_directory(target, dies)
+    assert (target / "weights").read_text() == "first" and sorted(os.listdir(tmp_path)) == ["best"]
+    atomic_directory(target, lambda staging: (staging.mkdir(), (staging / "weights").write_text("second")))
+    assert (target / "weights").read_text() == "second" and sorted(os.listdir(tmp_path)) == ["best"]

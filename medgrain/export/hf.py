@@ -25,7 +25,7 @@ import torch
 from medgrain.export import EXPORT_FORMATS
 from medgrain.export.card import model_card
 from medgrain.export.openclip import NotExpressibleError, _empty_out
-from medgrain.io import replace_directory
+from medgrain.io import atomic_directory
 from medgrain.models.factory import HF_EXPORT_MARKER, Imported, ModelConfig
 
 PROJECTION_FILE, PROJECTION_CONFIG = "projection.safetensors", "projection.json"
@@ -287,12 +287,8 @@ def _write_text(model, config: ModelConfig, tokenizer, out: Path) -> str:
 def export_hf(pretrained, checkpoint: Path | None, out: Path) -> Path:
     _empty_out(out)
     model, config = pretrained.model, pretrained.config
-    staging = out.with_name(f".{out.name}.partial")
-    if staging.exists():
-        import shutil
 
-        shutil.rmtree(staging)
-    try:
+    def build(staging: Path) -> None:
         kind = _write_image(model, config, staging / "image")
         text_kind = _write_text(model, config, pretrained.tokenizer, staging / "text")
         meta = {"format": "medgrain-hf", "format_version": 1, "image": kind, "text": text_kind,
@@ -300,12 +296,8 @@ def export_hf(pretrained, checkpoint: Path | None, out: Path) -> Path:
                 "logit_scale": float(model.logit_scale.detach()), "token_heads_dropped": bool(config.token_heads)}
         (staging / HF_EXPORT_MARKER).write_text(json.dumps(meta, indent=2))
         (staging / "README.md").write_text(model_card(config, kind, text_kind, checkpoint))
-    except BaseException:
-        import shutil
 
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return replace_directory(staging, out)  # ``out`` is absent or empty (_empty_out)
+    return atomic_directory(out, build)  # ``out`` is absent or empty (_empty_out)
 
 
 # ------------------------------------------------------------------------------ back into medgrain

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import loading
-from ..io import replace_directory
+from ..io import atomic_directory
 from ..models import save_pretrained
 
 TRAIN_STATE = "train_state.pt"
@@ -35,21 +35,18 @@ OBJECTIVE_WEIGHTS = "objective.safetensors"
 
 def save_checkpoint(target: Path, *, model: nn.Module, tokenizer, objective: nn.Module,
                     optimizer: torch.optim.Optimizer, scheduler, state: dict[str, Any], run_yaml: str) -> Path:
-    target = Path(target)
-    staging = target.with_name(target.name + ".staging")
-    if staging.exists():
-        shutil.rmtree(staging)
-    save_pretrained(model, tokenizer, staging)
-    obj_state = {k: v.detach().contiguous().cpu() for k, v in objective.state_dict().items()}
-    if obj_state:
-        save_file(obj_state, str(staging / OBJECTIVE_WEIGHTS))
-    torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **state},
-        staging / TRAIN_STATE,
-    )
-    (staging / "run.yaml").write_text(run_yaml)
-    replace_directory(staging, target)
-    return target
+    def build(staging: Path) -> None:
+        save_pretrained(model, tokenizer, staging)
+        obj_state = {k: v.detach().contiguous().cpu() for k, v in objective.state_dict().items()}
+        if obj_state:
+            save_file(obj_state, str(staging / OBJECTIVE_WEIGHTS))
+        torch.save(
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **state},
+            staging / TRAIN_STATE,
+        )
+        (staging / "run.yaml").write_text(run_yaml)
+
+    return atomic_directory(target, build)
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -63,13 +60,7 @@ def link_checkpoint(source: Path, target: Path) -> Path:
     """``target`` as a checkpoint identical to ``source``, its files hard links to ``source``'s (copies
     where the file system has no hard links), swapped in as atomically as ``save_checkpoint``'s.
     Checkpoints are replaced whole, never edited in place, so the shared files never change."""
-    target = Path(target)
-    staging = target.with_name(target.name + ".staging")
-    if staging.exists():
-        shutil.rmtree(staging)
-    shutil.copytree(source, staging, copy_function=_link_or_copy)
-    replace_directory(staging, target)
-    return target
+    return atomic_directory(target, lambda staging: shutil.copytree(source, staging, copy_function=_link_or_copy))
 
 
 def find_resumable(target: Path) -> Path | None:
