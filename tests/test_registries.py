@@ -6,6 +6,7 @@ import json
 import math
 from collections.abc import Sequence
 from html import escape
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +21,7 @@ from medgrain.report.plots import PALETTE, method_colours
 from medgrain.training.config import ConfigError, load_config
 
 PARSER = cli.build_parser()
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _subparser(name: str):
@@ -103,6 +105,12 @@ def test_unknown_preset_is_named_by_the_config_and_the_cli(capsys):
     # A model another library provides by reference is a name too (medgrain.models.factory.MODEL_SOURCES).
     assert _config(model={"preset": "open_clip:ViT-B-32"}).model.preset == "open_clip:ViT-B-32"
     assert PARSER.parse_args(["pretrain", "--config", "tiny-clip", "--model", "open_clip:ViT-B-32"]).model
+
+
+def test_every_model_preset_is_documented():
+    """docs/architecture.md's preset table describes every registered preset (towers, heads, use)."""
+    table = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
+    assert [name for name in list_models() if f"| `{name}` |" not in table] == []
 
 
 def test_list_models_filters_like_timm():
