@@ -24,8 +24,12 @@ class Table:
 
 def with_ci(metrics: dict[str, Any], key: str) -> Any:
     """``metrics[key]`` with its bootstrap interval ``metrics[key + "_ci"]`` attached, when it has one:
-    ``{"mean": value, "ci": [low, high]}`` (a summary over seeds keeps its std)."""
+    ``{"mean": value, "ci": [low, high]}`` (a summary over seeds keeps its std). A summary over seeds
+    keeps each seed's interval as ``seed_cis`` (what tells two such summaries apart: see
+    ``medgrain.report.differences``)."""
     value, ci = metrics.get(key), metrics.get(f"{key}_ci")
+    if isinstance(value, dict) and isinstance(ci, dict) and isinstance(ci.get("values"), list):
+        return {**value, "seed_cis": ci["values"]}
     if value is None or not (isinstance(ci, list) and len(ci) == 2):
         return value
     return {**value, "ci": ci} if isinstance(value, dict) else {"mean": value, "ci": ci}

@@ -22,6 +22,7 @@ from typing import Any
 
 from medgrain.io import atomic_write
 from medgrain.report import gather, plots
+from medgrain.report.differences import sentences as differences_sentences
 from medgrain.report.results import (
     aligns_tokens,
     collect_results,
@@ -145,6 +146,8 @@ def comparison_section(results: dict[str, Any], colours: dict[str, str]) -> str:
     if not parts:
         return section("comparison", "Comparison", missing("comparison tables", "no evaluation results were found: "
                                                            "pass --results or evaluate into RUN_DIR/eval/"))
+    if results.get("differences"):
+        parts.append(differences_table(results["differences"]))
     described = [(m, method_help(m)) for m in results["methods"] if method_help(m)]
     if described:
         parts.append('<dl class="methods" id="methods">' +
@@ -153,6 +156,23 @@ def comparison_section(results: dict[str, Any], colours: dict[str, str]) -> str:
              "(&#9650;, shaded); ± is the standard deviation over seeds where there were several. "
              "The first column of each table is the headline the summary compares.")
     return section("comparison", "Comparison", "".join(parts), intro)
+
+
+def differences_table(rows: list[dict[str, Any]]) -> str:
+    """Each method against the baseline and CLIP: the difference, its interval, and whether it is larger
+    than its interval (marked &#10033;); see ``medgrain.report.differences``."""
+    from medgrain.report.differences import describe
+
+    body = "".join(
+        f'<tr><td>{_e(d["table"])}: {_e(d["column"])}</td><td>{_e(d["method"])} vs {_e(d["against"])}</td>'
+        f'<td>{_e(describe(d))}</td><td{" class=best" if d["marked"] else ""}>'
+        f'{"&#10033; " if d["marked"] else ""}{_e(d["verdict"])}</td><td>{_e(d["how"])}</td></tr>' for d in rows)
+    return ('<h3>Differences against the baseline and CLIP</h3><p>&#10033; marks a difference larger than its 95% '
+            "interval: by a paired bootstrap over the test images where both runs stored per-image scores, else "
+            "only when the runs' own intervals (over seeds) do not overlap; anything else cannot be told apart.</p>"
+            '<div class="scroll"><table id="table-differences" class="metrics"><thead><tr><th>metric</th>'
+            "<th>methods</th><th>difference [95% CI]</th><th>verdict</th><th>how</th></tr></thead>"
+            f"<tbody>{body}</tbody></table></div>")
 
 
 def curves_section(runs_by_method: dict[str, list], colours: dict[str, str], notes: list[str]) -> str:
@@ -463,6 +483,7 @@ def build_report(run_dirs: list[str | Path], out: str | Path, results: dict[str,
         configs_section(runs),
     ]
     paragraphs = summary(results) or ["No method could be compared: fewer than two methods have a number."]
+    paragraphs += differences_sentences(results.get("differences") or [])
     summary_html = section("summary", "Summary", '<ul class="summary">' +
                            "".join(f"<li>{_e(p)}</li>" for p in paragraphs) + "</ul>",
                            "Read off the comparison tables below; a claim the numbers do not support is stated as such.")
