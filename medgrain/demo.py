@@ -150,10 +150,10 @@ def _evaluate(checkpoint: str, preset: str, manifest, eval_dir: Path, budget: De
 
 def _differences(runs, results: dict, resamples: int) -> list[dict]:
     """Each method against the random baseline and CLIP: which differences are larger than their intervals."""
-    from .report.differences import differences, stored_scores
+    from .report.differences import differences, task_entries
 
-    scores = {run.name: stored_scores([record for _, record in run.evaluations]) for run in runs}
-    return [d.to_dict() for d in differences(results, scores, resamples=resamples)]
+    entries = {run.name: task_entries([record for _, record in run.evaluations]) for run in runs}
+    return [d.to_dict() for d in differences(results, entries, resamples=resamples)]
 
 
 def run_demo(domain: str = "cxr", quick: bool = False, out: str | Path = "runs/demo", *, epochs: int | None = None,

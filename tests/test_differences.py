@@ -12,9 +12,8 @@ from medgrain.report.differences import (
     compared_columns,
     differences,
     intervals_separate,
-    paired_difference,
     sentences,
-    stored_scores,
+    task_entries,
 )
 
 NAMES = ["Effusion", "Nodule", "Edema"]
@@ -39,11 +38,17 @@ def _macro_auroc_loop(scores: dict) -> float:
     return float(np.mean([roc_auc_score(y[:, j], s[:, j]) for j in range(y.shape[1])]))
 
 
-def _results(scores: dict[str, dict], extra: dict | None = None) -> dict:
+def _zero_shot(scores: dict) -> dict:
+    """A zero-shot result as a suite stores it (the AP, F1 and accuracy are not what is compared here)."""
+    macro = {"auroc": _macro_auroc_loop(scores), "ap": 0.5, "f1": 0.4, "accuracy": 0.7}
+    return {"metrics": {"mode": "pairs", "macro": macro}, "scores": scores}
+
+
+def _compared(scores: dict[str, dict]) -> tuple[dict, dict]:
+    """The results dict (as collect_results writes it) and each method's results per task."""
     methods = {m: {"metrics": {"zero-shot": {"AUROC": _macro_auroc_loop(s)}}} for m, s in scores.items()}
-    for method, tables in (extra or {}).items():
-        methods[method]["metrics"].update(tables)
-    return {"methods": methods, "baseline": "random"}
+    entries = {m: task_entries([{"task": "all", "metrics": {"zero-shot": _zero_shot(s)}}]) for m, s in scores.items()}
+    return {"methods": methods, "baseline": "random"}, entries
 
 
 def _find(rows, method, against, column):
@@ -53,8 +58,7 @@ def _find(rows, method, against, column):
 def test_a_difference_whose_paired_interval_excludes_0_is_marked_and_one_that_includes_0_is_not():
     labels = _labels()
     scores = {"random": _scores(labels, 0.0, 1), "clip": _scores(labels, 1.5, 2), "mgll": _scores(labels, 1.5, 3)}
-    results = _results(scores)
-    rows = differences(results, {m: {"zero-shot": s} for m, s in scores.items()}, resamples=300)
+    rows = differences(*_compared(scores), resamples=300)
     assert {(d.method, d.against) for d in rows} == {("clip", "random"), ("mgll", "random"), ("mgll", "clip")}
 
     gain = _find(rows, "mgll", "random", "AUROC")
@@ -70,7 +74,7 @@ def test_a_difference_whose_paired_interval_excludes_0_is_marked_and_one_that_in
 def test_a_marked_loss_says_the_method_is_worse():
     labels = _labels()
     scores = {"random": _scores(labels, 2.0, 1), "mgca": _scores(labels, 0.0, 2)}
-    rows = differences(_results(scores), {m: {"zero-shot": s} for m, s in scores.items()}, resamples=300)
+    rows = differences(*_compared(scores), resamples=300)
     loss = _find(rows, "mgca", "random", "AUROC")
     assert loss.difference_ci[1] < 0 and loss.marked and loss.better is False
 
@@ -132,26 +136,33 @@ def test_compared_columns_are_the_headline_at_every_fraction():
 
 def test_runs_on_different_images_are_refused():
     labels = _labels()
-    a, b = _scores(labels, 1.0, 1), _scores(labels, 1.0, 2)
-    b["ids"] = b["ids"][::-1]
-    with pytest.raises(ValueError, match="different test images"):
-        paired_difference(a, b, resamples=10)
-    b = _scores(labels, 1.0, 2)
-    b["labels"] = (1 - np.asarray(b["labels"])).tolist()
-    with pytest.raises(ValueError, match="labels differ"):
-        paired_difference(a, b, resamples=10)
+    scores = {"random": _scores(labels, 0.0, 1), "mgll": _scores(labels, 1.0, 2)}
+    results, entries = _compared(scores)
+    entries["mgll"]["zero-shot"]["scores"]["ids"] = [f"other{i}" for i in range(len(labels))]
+    with pytest.raises(ValueError, match="not scored on the same test set"):
+        differences(results, entries, resamples=10)
 
 
-def test_stored_scores_belong_to_the_headline_only_when_they_give_its_value():
+def test_stored_values_pair_a_column_only_when_they_give_its_values():
     labels = _labels()
-    scores = _scores(labels, 1.0, 1)
-    value = _macro_auroc_loop(scores)
-    metrics = {"mode": "pairs", "macro": {"auroc": value, "ap": 0.5, "f1": 0.4, "accuracy": 0.7}}
-    suite = {"task": "all", "metrics": {"zero-shot": {"metrics": metrics, "scores": scores},
-                                        "retrieval": {"skipped": "no texts"}}}
-    assert stored_scores([suite]) == {"zero-shot": scores}
-    metrics["macro"]["auroc"] = value - 0.01  # e.g. scores of another fraction or seed than the headline's
-    assert stored_scores([suite]) == {}
+    scores = {"random": _scores(labels, 0.0, 1), "mgll": _scores(labels, 2.0, 2)}
+    results, entries = _compared(scores)
+    results["methods"]["mgll"]["metrics"]["zero-shot"]["AUROC"] -= 0.01  # e.g. another seed than the scores'
+    (row,) = differences(results, entries, resamples=50)
+    assert row.how == "no interval to compare" and not row.marked
+
+
+def test_a_task_without_per_image_values_falls_back_to_the_intervals():
+    def detection(value, ci):
+        macro = {"map_40_75": {"mean": value, "std": 0.0, "values": [value]}, "map_40_75_ci": ci}
+        return {"task": "detect", "metrics": {"fractions": {"100%": {"macro": macro}}}}
+
+    entries = {"mgll": {"detect": detection(0.6, [0.55, 0.65])}, "random": {"detect": detection(0.2, [0.15, 0.25])}}
+    column = "mAP .40–.75 100%"
+    results = {"methods": {"mgll": {"metrics": {"detection": {column: {"mean": 0.6, "ci": [0.55, 0.65]}}}},
+                           "random": {"metrics": {"detection": {column: {"mean": 0.2, "ci": [0.15, 0.25]}}}}}}
+    (row,) = differences(results, entries, resamples=50)
+    assert row.marked and row.how == "the runs' intervals"
 
 
 def test_sentences_name_what_is_ahead_behind_and_unclear():

@@ -5,16 +5,16 @@ method against each reference (the random baseline, CLIP), on each table's headl
 fraction where the table has several), this module says whether the difference is larger than its 95%
 interval, by the strongest test the stored results allow:
 
-- **paired bootstrap over test images** where both runs stored per-image scores of the findings (zero-shot,
-  and the linear probe at its scored fraction) and the column is their macro AUROC: the difference of the two
-  macro AUROCs on the same resamples of the test images (``medgrain.evaluation.bootstrap.paired_bootstrap``,
-  stratified on rare findings as the metrics' own intervals are), so image difficulty cancels out. Marked
-  when the difference's 95% interval excludes 0.
-- **the runs' own intervals** otherwise (a metric over label draws or seeds, segmentation's Dice, retrieval):
-  marked only when the two methods' intervals separate, i.e. the span of one method's intervals (over its
-  seeds, or its single run's bootstrap interval) lies wholly above or below the other's. Overlapping
-  intervals, or a value without one, cannot be told apart. This is deliberately conservative: two intervals
-  can overlap while the paired difference excludes 0, but without paired scores no more can be said.
+- **paired bootstrap over test images** where both results stored per-image values for the column
+  (``medgrain compare``, ``medgrain.evaluation.compare``: per-image scores of zero-shot and of the linear
+  probe's scored fraction, each image's Dice, each query's rank, each grounding pair's CNR): the difference on
+  the same resamples of the test images, so image difficulty cancels out. Marked when the difference's 95%
+  interval excludes 0.
+- **the runs' own intervals** otherwise (a metric summarised over label draws or seeds, such as the linear
+  probe at 1% and 10%): marked only when the two methods' intervals separate, i.e. the span of one method's
+  intervals (over its seeds, or its single run's bootstrap interval) lies wholly above or below the other's.
+  Overlapping intervals, or a value without one, cannot be told apart. This is deliberately conservative:
+  two intervals can overlap while a paired difference excludes 0, but without paired values no more can be said.
 """
 
 from __future__ import annotations
@@ -24,11 +24,8 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
-
 from medgrain.report.results import lower_is_better, mean_of
 
-AUROC = "AUROC"
 LARGER = "larger than its interval"
 WITHIN = "within its interval"
 APART = "cannot be told apart"
@@ -58,37 +55,42 @@ class Difference:
 # ------------------------------------------------------------------------------------ the two tests
 
 
-def _score_arrays(scores: dict[str, Any]) -> tuple[list[str], np.ndarray, np.ndarray]:
-    return (list(scores["ids"]), np.asarray(scores["scores"], dtype=np.float64),
-            np.asarray(scores["labels"], dtype=np.int64))
+def task_entries(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """task -> its result (with ``task`` set), from evaluation records: one task's, or a suite's ``all``."""
+    found: dict[str, dict[str, Any]] = {}
+    for record in records:
+        if record.get("task") == "all":
+            found.update({task: {"task": task, **entry} for task, entry in record["metrics"].items()
+                          if isinstance(entry, dict) and "metrics" in entry})
+        elif "task" in record and "metrics" in record:
+            found[record["task"]] = record
+    return found
 
 
-def macro_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """The macro AUROC of one run's per-image scores (N, F), as the paired test computes it."""
-    from medgrain.evaluation.bootstrap import auroc_rows, macro
+def paired(entry_a: dict[str, Any], entry_b: dict[str, Any], resamples: int) -> dict[str, dict[str, Any]]:
+    """``medgrain compare``'s paired bootstrap of two results of one task: metric -> {a, b, difference,
+    difference_ci, p_value}; empty where the results stored no per-image values to pair. Results on different
+    test images are refused (ValueError)."""
+    from medgrain.evaluation.bootstrap import Bootstrap
+    from medgrain.evaluation.compare import compare_results
 
-    return float(macro(auroc_rows)(scores[None], labels[None])[0])
+    if not (_images(entry_a) and _images(entry_b)) or entry_a["task"] == "detect":
+        return {}  # nothing stored per image (detection, or a result of an older medgrain)
+    return compare_results(entry_a, entry_b, Bootstrap(resamples=resamples))["metrics"]
 
 
-def paired_difference(a: dict[str, Any], b: dict[str, Any], resamples: int, seed: int = 0) -> dict[str, Any]:
-    """macro AUROC(A) - macro AUROC(B) of two runs' stored per-image scores (``PerImageScores.to_dict()``),
-    with the paired bootstrap's 95% interval and p-value. The runs must have scored the same images."""
-    from medgrain.evaluation.bootstrap import (
-        Bootstrap,
-        auroc_rows,
-        macro,
-        paired_bootstrap,
-        rare_class_strata,
-    )
-
-    ids_a, scores_a, labels_a = _score_arrays(a)
-    ids_b, scores_b, labels_b = _score_arrays(b)
-    if ids_a != ids_b or a["names"] != b["names"]:
-        raise ValueError("the two runs scored different test images or findings; a paired comparison needs the same")
-    if not np.array_equal(labels_a, labels_b):
-        raise ValueError("the two runs' stored labels differ on the same images; they were scored on different data")
-    return paired_bootstrap(macro(auroc_rows), [scores_a, labels_a], [scores_b, labels_b],
-                            Bootstrap(resamples=resamples, seed=seed), strata=rare_class_strata(labels_a))
+def paired_metric(table: str, column: str, value_a: Any, value_b: Any,
+                  metrics: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The paired comparison that is the column: same metric name, and the same values of A and B (the stored
+    per-image values are those of one fraction and seed; a column of another fraction is not theirs)."""
+    name, a, b = FRACTION.sub("", column).lower(), mean_of(value_a), mean_of(value_b)
+    if a is None or b is None:
+        return None
+    source = table[table.find("(") + 1:table.rfind(")")].lower() if "(" in table else ""
+    matches = [(k, m) for k, m in metrics.items() if k.lower().endswith(name) and m.get("a") is not None
+               and m.get("b") is not None and math.isclose(m["a"], a, abs_tol=1e-9) and math.isclose(m["b"], b, abs_tol=1e-9)]
+    matches.sort(key=lambda km: not km[0].lower().startswith(source))  # retrieval: the table's text source first
+    return matches[0][1] if matches else None
 
 
 def intervals_of(value: Any) -> list[list[float]]:
@@ -116,11 +118,9 @@ def intervals_separate(a: list[list[float]], b: list[list[float]]) -> bool | Non
 # ------------------------------------------------------------------------------------ a comparison
 
 
-def _by_scores(method, against, table, column, scores_a, scores_b, lower, resamples) -> Difference:
-    out = paired_difference(scores_a, scores_b, resamples)
+def _by_pairs(method, against, table, column, out: dict[str, Any], lower: bool, n: int) -> Difference:
     ci = out["difference_ci"]
     marked = ci is not None and (ci[0] > 0 or ci[1] < 0)
-    n = len(scores_a["ids"])
     return Difference(method, against, table, column, out["difference"], ci, out["p_value"],
                       f"paired bootstrap over {n} test images ({out['resamples']} resamples)",
                       LARGER if marked else WITHIN, marked, ((ci[0] > 0) != lower) if marked else None)
@@ -150,63 +150,43 @@ def compared_columns(row: dict[str, Any]) -> list[str]:
     return [c for c in row if c == headline or (FRACTION.search(c) and FRACTION.sub("", c) == metric)]
 
 
-def compare(method: str, against: str, table: str, column: str, results: dict[str, Any],
-            scores: dict[str, dict[str, dict[str, Any]]], resamples: int) -> Difference:
-    """``method`` against ``against`` on one column; ``scores``: method -> table -> stored per-image scores
-    of the table's headline column."""
-    methods = results["methods"]
-    value_a = methods[method]["metrics"][table].get(column)
-    value_b = methods[against]["metrics"][table].get(column)
-    lower = lower_is_better(column, tuple(results.get("lower_is_better", ())))
-    scores_a, scores_b = scores.get(method, {}).get(table), scores.get(against, {}).get(table)
-    headline = next(iter(methods[method]["metrics"][table]))
-    if column == headline and column.startswith(AUROC) and scores_a and scores_b and resamples > 0:
-        return _by_scores(method, against, table, column, scores_a, scores_b, lower, resamples)
-    return _by_intervals(method, against, table, column, value_a, value_b, lower)
-
-
-def differences(results: dict[str, Any], scores: dict[str, dict[str, dict[str, Any]]],
+def differences(results: dict[str, Any], entries: dict[str, dict[str, dict[str, Any]]],
                 against: tuple[str, ...] = ("random", "clip"), resamples: int = 1000) -> list[Difference]:
     """Every method against each of ``against`` that is in ``results``, on each table both have, on the
-    table's headline at every label fraction."""
+    table's headline at every label fraction. ``entries``: method -> task -> its result (``task_entries``),
+    whose per-image values the paired test uses."""
+    from medgrain.evaluation import task_spec
     from medgrain.report.results import BASELINES
 
-    methods = results["methods"]
+    methods, extra = results["methods"], tuple(results.get("lower_is_better", ()))
     out = []
     for reference in (r for r in against if r in methods):
         for method in (m for m in methods if m != reference and m not in BASELINES):
+            mine, theirs = entries.get(method, {}), entries.get(reference, {})
+            pairs = {task: paired(mine[task], theirs[task], resamples) if resamples > 0 else {}
+                     for task in mine if task in theirs}
+            table_task = {table: task for task in pairs for table in task_spec(task).tables(mine[task]["metrics"])}
             for table, row in methods[method].get("metrics", {}).items():
                 if table not in methods[reference].get("metrics", {}):
                     continue
                 for column in compared_columns(row):
-                    out.append(compare(method, reference, table, column, results, scores, resamples))
+                    a, b = row.get(column), methods[reference]["metrics"][table].get(column)
+                    lower = lower_is_better(column, extra)
+                    task = table_task.get(table)
+                    match = paired_metric(table, column, a, b, pairs[task]) if task else None
+                    if match is not None:
+                        out.append(_by_pairs(method, reference, table, column, match, lower, _images(mine[task])))
+                    else:
+                        out.append(_by_intervals(method, reference, table, column, a, b, lower))
     return out
 
 
-def stored_scores(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """table -> per-image scores of its headline column, from evaluation records (one task, or a suite's
-    ``all``), where the task stored them and they reproduce the table's headline value."""
-    from medgrain.evaluation import EVAL_TASKS, task_spec
-
-    found: dict[str, dict[str, Any]] = {}
-    entries = []
-    for record in records:
-        if record.get("task") == "all":
-            entries += [(task, entry) for task, entry in record["metrics"].items() if isinstance(entry, dict)]
-        else:
-            entries.append((record.get("task"), record))
-    for task, entry in entries:
-        if task not in EVAL_TASKS or not entry.get("scores") or "metrics" not in entry:
-            continue
-        for table, row in task_spec(task).tables(entry["metrics"]).items():
-            headline = next(iter(row), None)
-            if headline is None or not headline.startswith(AUROC) or mean_of(row[headline]) is None:
-                continue
-            _, values, labels = _score_arrays(entry["scores"])
-            # the scores belong to the headline only if they give its value (e.g. the scored fraction and seed)
-            if math.isclose(macro_auroc(values, labels), mean_of(row[headline]), abs_tol=1e-9):
-                found[table] = entry["scores"]
-    return found
+def _images(entry: dict[str, Any]) -> int:
+    for where in (entry.get("scores"), entry.get("metrics", {}).get("per_image"), entry.get("metrics", {}).get("per_pair")):
+        if isinstance(where, dict) and "ids" in where:
+            return len(where["ids"])
+    ranks = next(iter(entry.get("metrics", {}).get("by_text", {}).values()), {}).get("ranks", {})
+    return len(ranks.get("ids", []))
 
 
 def describe(difference: dict[str, Any]) -> str:
