@@ -24,6 +24,7 @@ import threading
 from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -216,6 +217,15 @@ def all_gather(t: torch.Tensor) -> list[torch.Tensor]:
     parts = [torch.empty_like(buf) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, buf)
     return [p.to(t.device) for p in parts]
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (a small picklable value: the load failures of a batch, with their reasons)."""
+    if not is_distributed():
+        return [obj]
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, obj)
+    return parts
 
 
 def average_gradients(params: list[torch.Tensor]) -> None:

@@ -18,6 +18,7 @@ from medgrain.data import (
     segmentation_train_transform,
 )
 from medgrain.data.dataset import num_samples
+from medgrain.data.skips import LoadFailure
 
 GRANULARITIES = ["status", "disease", "description"]
 H, W = 24, 32
@@ -237,13 +238,17 @@ def test_load_failures_raise_or_become_counted_skips(tmp_path, tokenizer):
         ds[0]
 
     ds = ImageTextDataset(path, "train", transform=eval_transform(cfg), return_masks=True, on_error="skip")
-    assert ds[0] is None and ds[1] is None
+    where = str(path)
+    assert ds[0] == LoadFailure(f"{where}:1", "mask size differs from its image")
+    assert ds[1] == LoadFailure(f"{where}:2", "corrupt image data")
     batch = Collator(tokenizer, GRANULARITIES)([ds[0], ds[1], ds[2]])
     assert batch["ids"] == ["c"] and batch["skipped"] == 2 and batch["images"].shape[0] == 1
+    assert batch["failures"] == [(f"{where}:1", "mask size differs from its image"), (f"{where}:2", "corrupt image data")]
     with pytest.raises(RuntimeError, match="every record of this batch"):
         Collator(tokenizer, GRANULARITIES)([ds[0], ds[1]])
     empty = Collator(tokenizer, GRANULARITIES, allow_empty=True)([ds[0], ds[1]])
-    assert empty == {"ids": [], "skipped": 2} and num_samples(empty) == 0 and num_samples(batch) == 1
+    assert empty == {"ids": [], "skipped": 2, "failures": batch["failures"]}
+    assert num_samples(empty) == 0 and num_samples(batch) == 1
 
 
 def test_text_only_dataset_reads_no_images(tmp_path, tokenizer):

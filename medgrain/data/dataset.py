@@ -2,7 +2,7 @@
 
 Records are checked when the dataset is built (that files exist) so that a bad manifest fails before
 training starts; a text or report may be absent (the batch carries ``present`` masks for them); files that exist but cannot be decoded are found
-only when read, and with ``on_error="skip"`` they become ``None`` items that the collate counts.
+only when read, and with ``on_error="skip"`` they become ``LoadFailure`` items that the collate counts per reason.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from torchvision import tv_tensors
 
 from .imageio import ImageReadError
 from .manifest import Manifest, ManifestError, OnError, Record, Skipped, read_manifest
+from .skips import LoadFailure
 from .text import Tokenizer, text_ids
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ class ImageTextDataset(Dataset):
     ``text_only_left_out``) unless ``text_only=True``, which never reads images and gives items
     without ``image``. Labels outside ``finding_names`` are ignored, so a subset of findings can be
     evaluated. ``on_error="skip"`` leaves out records that fail the construction checks (listed in
-    ``skipped``) and turns a load failure into a ``None`` item; ``"raise"`` raises, naming the record.
+    ``skipped``) and turns a load failure into a ``LoadFailure`` (where, reason) item; ``"raise"`` raises, naming the record.
     """
 
     def __init__(
@@ -94,11 +95,11 @@ class ImageTextDataset(Dataset):
         except ManifestError as e:
             if self.on_error == "raise":
                 raise
-            self.skipped.append(Skipped(e.line or 0, e.field, e.message))
+            self.skipped.append(Skipped(e.line or 0, e.field, e.message, e.kind))
             return False
 
-    def _error(self, record: Record, field: str, message: str) -> ManifestError:
-        return ManifestError(self.manifest.path, record.line, field, f"record '{record.id}': {message}")
+    def _error(self, record: Record, field: str, message: str, kind: str | None = None) -> ManifestError:
+        return ManifestError(self.manifest.path, record.line, field, f"record '{record.id}': {message}", kind)
 
     def _check(self, record: Record) -> None:
         if self.text_only:
@@ -108,7 +109,8 @@ class ImageTextDataset(Dataset):
             files += [(f"findings.{k}.mask", f.mask) for k, f in enumerate(record.findings) if f.mask]
         for field, relative in files:
             if not self.manifest.has_file(relative):
-                raise self._error(record, field, f"file not found: {self.manifest.resolve(relative)}")
+                raise self._error(record, field, f"file not found: {self.manifest.resolve(relative)}",
+                                  "image file not found" if field == "image" else "mask file not found")
 
     def _multi_hot(self) -> torch.Tensor:
         pairs = [(i, self._finding_index[name]) for i, r in enumerate(self.records) for name in r.labels
@@ -121,7 +123,7 @@ class ImageTextDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> dict[str, Any] | None:
+    def __getitem__(self, index: int) -> dict[str, Any] | LoadFailure:
         record = self.records[index]
         item = {
             "id": record.id,
@@ -136,9 +138,10 @@ class ImageTextDataset(Dataset):
         except (ImageReadError, ManifestError) as e:
             if self.on_error == "skip":
                 log.warning("skipped record '%s': %s", record.id, e)
-                return None
+                return LoadFailure(f"{self.manifest.path}:{record.line}", e.kind)
             if isinstance(e, ImageReadError):
-                raise ImageReadError(e.path, f"{e.reason} (record '{record.id}', {self.manifest.path}:{record.line})") from None
+                raise ImageReadError(e.path, f"{e.reason} (record '{record.id}', {self.manifest.path}:{record.line})",
+                                     e.kind) from None
             raise
         return item
 
@@ -195,7 +198,7 @@ def _visible_boxes(boxes: tv_tensors.BoundingBoxes, labels: torch.Tensor) -> tup
 
 class Collator:
     """Turns dataset items into the batch of docs/architecture.md. Each granularity (and the report)
-    is tokenized with one call on the whole batch; ``None`` items (load failures under
+    is tokenized with one call on the whole batch; ``LoadFailure`` items (load failures under
     ``on_error="skip"``) are dropped and counted in ``skipped``.
 
     A text may be absent. ``present[g]`` (and ``report_present``) is a bool (N,) mask; only the present
@@ -213,11 +216,14 @@ class Collator:
         self.with_report = with_report
         self.allow_empty = allow_empty
 
-    def __call__(self, batch: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
-        items = [item for item in batch if item is not None]
+    def __call__(self, batch: Sequence[dict[str, Any] | LoadFailure | None]) -> dict[str, Any]:
+        items = [item for item in batch if isinstance(item, dict)]
+        # what failed to load, and why: the training loop counts them per reason
+        failures = [(f.where, f.kind) if isinstance(f, LoadFailure) else ("?", "unreadable image")
+                    for f in batch if not isinstance(f, dict)]
         if not items:
             if self.allow_empty:
-                return {"ids": [], "skipped": len(batch)}
+                return {"ids": [], "skipped": len(batch), "failures": failures}
             raise RuntimeError(
                 f"every record of this batch ({len(batch)}) failed to load and was skipped; "
                 "the log names each file and reason: fix or remove them from the manifest"
@@ -240,7 +246,7 @@ class Collator:
         if "boxes" in items[0]:
             out["boxes"] = [item["boxes"] for item in items]
             out["box_labels"] = [item["box_labels"] for item in items]
-        out["skipped"] = len(batch) - len(items)
+        out["skipped"], out["failures"] = len(batch) - len(items), failures
         return out
 
     def _tokenize(self, texts: list[str | None]):
@@ -266,7 +272,7 @@ def take_rows(batch: dict[str, Any], n: int) -> dict[str, Any]:
     have present texts. Tokenised texts keep their padded length (padding is masked everywhere it is
     read). ``n=0`` gives the empty batch."""
     if n == 0:
-        return {"ids": [], "skipped": batch.get("skipped", 0)}
+        return {"ids": [], "skipped": batch.get("skipped", 0)} | ({"failures": batch["failures"]} if "failures" in batch else {})
     return slice_rows(batch, 0, n)
 
 
@@ -274,7 +280,7 @@ def slice_rows(batch: dict[str, Any], start: int, stop: int) -> dict[str, Any]:
     """Samples ``start:stop`` (a non-empty range) of a batch from ``Collator``, as ``take_rows`` takes
     the first ``n``: the tokenised texts keep the rows of the present texts among those samples
     (gradient caching embeds a batch in such chunks)."""
-    out = _take(batch, start, stop, skip=("skipped", "texts", "report"))
+    out = _take(batch, start, stop, skip=("skipped", "failures", "texts", "report"))
     if "texts" in batch:
         present = batch.get("present", {})
         out["texts"] = {g: _take_present(tokens, present.get(g), start, stop) for g, tokens in batch["texts"].items()}

@@ -29,9 +29,13 @@ DICOM_SUFFIXES = (".dcm", ".dicom")
 class ImageReadError(OSError):
     """An image or mask that is missing, corrupt or not in a supported layout."""
 
-    def __init__(self, path: str | Path, reason: str):
+    def __init__(self, path: str | Path, reason: str, kind: str = "unreadable image"):
         self.path, self.reason = str(path), reason
+        self.kind = kind  # the short reason a skip is counted under
         super().__init__(f"cannot read image {self.path}: {reason}")
+
+    def __reduce__(self):  # rebuilt whole from a DataLoader worker, kind included
+        return type(self), (self.path, self.reason, self.kind)
 
 
 # PIL's own decompression-bomb warning threshold (Image.MAX_IMAGE_PIXELS): about 9,459 x 9,459, twice
@@ -64,7 +68,7 @@ def check_pixels(path: str | Path, height: int, width: int, limit: int | None = 
         raise ImageReadError(
             path, f"image is {width}x{height} (WxH) = {height * width / 1e6:.1f} Mpixel, more than the limit of "
                   f"{limit / 1e6:.1f} Mpixel; if it is genuine, raise the limit (pretrain: data.max_image_pixels=N; "
-                  f"evaluate: --max-image-pixels N; anywhere: {MAX_PIXELS_ENV}=N)")
+                  f"evaluate: --max-image-pixels N; anywhere: {MAX_PIXELS_ENV}=N)", "image over the pixel limit")
 
 
 def read_image(path: str | Path, max_pixels: int | None = None) -> torch.Tensor:
@@ -84,7 +88,7 @@ def read_image(path: str | Path, max_pixels: int | None = None) -> torch.Tensor:
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise ImageReadError(path, e.strerror or str(e)) from None
+        raise ImageReadError(path, e.strerror or str(e), "image file unreadable") from None
     return decode_image_bytes(data, path, max_pixels)
 
 
@@ -95,7 +99,7 @@ def decode_image_bytes(data: bytes, path: str | Path, max_pixels: int | None = N
     suffix = path.suffix.lower()
     max_pixels = max_image_pixels(max_pixels)  # a bad $MEDGRAIN_MAX_IMAGE_PIXELS is its own error, not the image's
     if not data:
-        raise ImageReadError(path, "file is empty")
+        raise ImageReadError(path, "file is empty", "empty image file")
     if suffix == ".npz":
         return _read_npz(path, data, max_pixels)
     if suffix in DICOM_SUFFIXES or data[128:132] == b"DICM":
@@ -116,7 +120,8 @@ def check_mask(image: torch.Tensor, path: str | Path, size: tuple[int, int] | No
     """A decoded mask image as bool (H, W), checked against its image's size (see ``read_mask``)."""
     mask = image.ne(0).any(dim=0)
     if size is not None and tuple(mask.shape) != tuple(size):
-        raise ImageReadError(path, f"mask is {mask.shape[0]}x{mask.shape[1]} (HxW) but its image is {size[0]}x{size[1]}")
+        raise ImageReadError(path, f"mask is {mask.shape[0]}x{mask.shape[1]} (HxW) but its image is {size[0]}x{size[1]}",
+                             "mask size differs from its image")
     return mask
 
 
@@ -145,7 +150,7 @@ def _decode(path: Path, data: bytes, max_pixels: int | None) -> torch.Tensor:
         raise
     except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, EOFError, struct.error...
         detail = "not an image format medgrain reads" if isinstance(e, UnidentifiedImageError) else str(e)
-        raise ImageReadError(path, f"corrupt or unsupported image data ({detail})") from None
+        raise ImageReadError(path, f"corrupt or unsupported image data ({detail})", "corrupt image data") from None
 
 
 def _pil_to_tensor(path: Path, image: Image.Image) -> torch.Tensor:
@@ -171,7 +176,7 @@ def _read_npz(path: Path, data: bytes, max_pixels: int | None) -> torch.Tensor:
     except ImageReadError:
         raise
     except Exception as e:  # zipfile, pickle refusal, truncated data: all "not a readable npz"
-        raise ImageReadError(path, f"not a readable npz ({e})") from None
+        raise ImageReadError(path, f"not a readable npz ({e})", "corrupt image data") from None
     if array.ndim == 3 and array.shape[-1] in (1, 3):
         array = np.moveaxis(array, -1, 0)
     elif array.ndim == 2:
@@ -203,7 +208,7 @@ def _to_unit_range(path: Path, array: np.ndarray) -> np.ndarray:
         raise ImageReadError(path, f"unsupported dtype {array.dtype}")
     array = array.astype(np.float64)
     if not np.isfinite(array).all():
-        raise ImageReadError(path, "array has NaN or infinite values")
+        raise ImageReadError(path, "array has NaN or infinite values", "non-finite pixel values")
     lo, hi = array.min(), array.max()
     if np.issubdtype(array.dtype, np.floating) and lo >= 0 and hi <= 1:
         return array.astype(np.float32)
@@ -223,20 +228,21 @@ def _read_dicom(path: Path, data: bytes, max_pixels: int | None) -> torch.Tensor
         if int(ds.get("NumberOfFrames", 1) or 1) > 1:
             raise ImageReadError(path, f"multi-frame DICOM ({ds.NumberOfFrames} frames) is not supported")
         if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-            raise ImageReadError(path, "not a readable DICOM: it holds no pixel data (a report or structured document?)")
+            raise ImageReadError(path, "not a readable DICOM: it holds no pixel data (a report or structured document?)",
+                                 "DICOM without pixel data")
         check_pixels(path, int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0), max_pixels)
         pixels = ds.pixel_array
     except ImageReadError:
         raise
     except Exception as e:  # pydicom raises many types; missing pixel data or decoders are the usual
-        raise ImageReadError(path, f"not a readable DICOM ({e})") from None
+        raise ImageReadError(path, f"not a readable DICOM ({e})", "corrupt image data") from None
     if int(ds.get("SamplesPerPixel", 1)) == 3:
         # colour (e.g. fundus photographs): no modality or VOI LUT applies; scale by the stored bits
         rgb = pixels.astype(np.float64) / (2 ** int(ds.get("BitsStored", 8)) - 1)
         return torch.from_numpy(np.moveaxis(rgb, -1, 0).astype(np.float32))
     values = apply_modality_lut(pixels, ds).astype(np.float64)
     if not np.isfinite(values).all():  # float pixel data, or a rescale slope of inf
-        raise ImageReadError(path, "pixel data has NaN or infinite values")
+        raise ImageReadError(path, "pixel data has NaN or infinite values", "non-finite pixel values")
     if "WindowCenter" in ds and "WindowWidth" in ds:
         center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +25,19 @@ SPLITS = ("train", "valid", "test")
 OnError = Literal["raise", "skip"]
 
 
+def field_kind(field: str) -> str:
+    """A field without its list indices (``findings.0.box`` -> ``findings.box``): skips count per kind."""
+    return re.sub(r"[.]\d+", "", field)
+
+
 @user_error
 class ManifestError(ValueError):
     """A bad manifest record: names the file, the line (1-based) and the field."""
 
-    def __init__(self, path: str | Path, line: int | None, field: str | None, message: str):
+    def __init__(self, path: str | Path, line: int | None, field: str | None, message: str, kind: str | None = None):
         self.path, self.line, self.field, self.message = str(path), line, field, message
+        # the short reason a skip is counted under: "invalid field 'findings.box'", "malformed JSON"...
+        self.kind = kind or (f"invalid field '{field_kind(field)}'" if field else "malformed line")
         where = f"{self.path}:{line}" if line is not None else self.path
         what = f"field '{field}': " if field else ""
         super().__init__(f"{where}: {what}{message}")
@@ -159,6 +167,7 @@ class Skipped:
     line: int
     field: str | None
     reason: str
+    kind: str = "malformed line"  # the short reason it is counted under (ManifestError.kind)
 
 
 @dataclass
@@ -242,12 +251,13 @@ def _field_of(err: ValidationError) -> tuple[str | None, str]:
 def parse_record(obj: Any, path: str | Path = "<record>", line: int | None = None) -> Record:
     """Validate one record (a dict as read from a JSON line); errors name ``path``, ``line`` and the field."""
     if not isinstance(obj, dict):
-        raise ManifestError(path, line, None, f"expected a JSON object, got {type(obj).__name__}")
+        raise ManifestError(path, line, None, f"expected a JSON object, got {type(obj).__name__}", "not a JSON object")
     try:
         record = Record.model_validate(obj)
     except ValidationError as e:
         fld, msg = _field_of(e)
-        raise ManifestError(path, line, fld, msg) from None
+        what = {"extra_forbidden": "unknown", "missing": "missing"}.get(e.errors()[0].get("type"), "invalid")
+        raise ManifestError(path, line, fld, msg, f"{what} field '{field_kind(fld or '')}'") from None
     record._line = line
     return record
 
@@ -297,7 +307,8 @@ def _csv_header(path: Path, header: list[str] | None) -> list[str]:
 def _csv_row(path: Path, line: int, columns: list[str], row: list[str]) -> dict[str, Any]:
     """One CSV row as the record dict a JSON line would give; empty cells are absent fields."""
     if len(row) != len(columns):
-        raise ManifestError(path, line, None, f"row has {len(row)} cells but the header has {len(columns)}")
+        raise ManifestError(path, line, None, f"row has {len(row)} cells but the header has {len(columns)}",
+                            "wrong number of CSV cells")
     obj: dict[str, Any] = {"image": None}
     texts: dict[str, str] = {}
     for column, value in zip(columns, row):
@@ -305,7 +316,7 @@ def _csv_row(path: Path, line: int, columns: list[str], row: list[str]) -> dict[
             continue
         bad = not_utf8_message(value, "cell")
         if bad:
-            raise ManifestError(path, line, column, bad)
+            raise ManifestError(path, line, column, bad, "not UTF-8")
         if column.startswith("texts."):
             texts[column[len("texts."):]] = value
         elif column == "labels" and not value.lstrip().startswith("["):
@@ -349,14 +360,15 @@ def _jsonl_objects(path: Path) -> Iterator[tuple[int, Any]]:
             try:
                 text = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
             except UnicodeDecodeError as e:
-                yield line_no, ManifestError(path, line_no, None, f"not UTF-8 text ({e.reason})")
+                yield line_no, ManifestError(path, line_no, None, f"not UTF-8 text ({e.reason})", "not UTF-8")
                 continue
             if not text.strip():
                 continue
             try:
                 yield line_no, json.loads(text)
             except json.JSONDecodeError as e:
-                yield line_no, ManifestError(path, line_no, None, f"malformed JSON: {e.msg} at column {e.colno}")
+                yield line_no, ManifestError(path, line_no, None, f"malformed JSON: {e.msg} at column {e.colno}",
+                                             "malformed JSON")
 
 
 def read_manifest(path: str | Path, on_error: OnError = "raise") -> Manifest:
@@ -381,11 +393,12 @@ def read_manifest(path: str | Path, on_error: OnError = "raise") -> Manifest:
                 raise obj
             rec = parse_record(obj, path, line_no)
             if rec.id in seen:
-                raise ManifestError(path, line_no, "id", f"duplicate id '{rec.id}' (first on line {seen[rec.id]})")
+                raise ManifestError(path, line_no, "id", f"duplicate id '{rec.id}' (first on line {seen[rec.id]})",
+                                    "duplicate id")
         except ManifestError as e:
             if on_error == "raise":
                 raise
-            skipped.append(Skipped(line_no, e.field, e.message))
+            skipped.append(Skipped(line_no, e.field, e.message, e.kind))
             continue
         seen[rec.id] = line_no
         records.append(rec)

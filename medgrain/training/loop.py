@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, fields
@@ -20,6 +21,7 @@ from torch.utils.data import DataLoader
 from .. import distributed as mdist
 from ..data.dataset import Collator, ImageTextDataset, num_samples, take_rows
 from ..data.manifest import Manifest, read_manifest
+from ..data.skips import SkipReport, dataset_skips, manifest_skips
 from ..data.transforms import eval_transform, pretrain_transform
 from ..losses.objective import Objective, build_objective
 from ..models.factory import create_model_and_tokenizer
@@ -59,6 +61,7 @@ class TrainResult:
     skipped_records: int  # bad records skipped under data.on_error=skip, over all ranks
     equalised_records: int = 0  # good records left out to give every rank the same batch size (DDP + skips)
     empty_batches: int = 0  # micro-batches stepped over because no record of them was left (on some rank)
+    skips: dict[str, Any] = field(default_factory=dict)  # SkipReport.summary(): distinct records per reason
 
     @property
     def valid_losses(self) -> list[float]:
@@ -127,6 +130,8 @@ class TrainState:
     skipped_records: int = 0  # bad records skipped under data.on_error=skip, over all ranks
     equalised_records: int = 0  # good records left out to give every rank the same batch size
     empty_batches: int = 0  # micro-batches stepped over because no record of them was left
+    # records that failed to load in training or validation, per reason (SkipReport.state(), all ranks)
+    load_failures: dict[str, list[str]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,6 +168,10 @@ class Run:
     history: list[dict[str, Any]] = field(default_factory=list)
     consecutive_bad: int = 0  # non-finite steps in a row (a resumed run starts counting afresh)
     best_written_at: int | None = None  # the step `best` holds, while nothing has moved since
+    # what on_error=skip left out: manifest lines and dataset records (found again at every start, so
+    # not checkpointed) and load failures (``state.load_failures``, kept across --resume)
+    setup_skips: SkipReport = field(default_factory=SkipReport)
+    load_skips: SkipReport = field(default_factory=SkipReport)
 
     @property
     def params(self) -> list[torch.Tensor]:
@@ -224,10 +233,16 @@ def _train(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> TrainResult:
     if stopped:
         save(run, run.last)
     counts = ("skipped_steps", "skipped_records", "equalised_records", "empty_batches")
-    run.logger.close(summary={k: getattr(state, k) for k in counts})
+    skips = SkipReport()
+    skips.update(run.setup_skips)
+    skips.update(run.load_skips)
+    run.logger.close(summary={**{k: getattr(state, k) for k in counts}, "skipped": skips.summary()})
+    if env.is_main and (skips.total or cfg.data.on_error == "skip"):
+        print(skips.format(), file=sys.stderr)
     best = run.best
     return TrainResult(run.out, run.last, best if best is not None and best.exists() else None, run.history,
-                       state.skipped_steps, state.skipped_records, state.equalised_records, state.empty_batches)
+                       state.skipped_steps, state.skipped_records, state.equalised_records, state.empty_batches,
+                       skips.summary())
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -286,7 +301,8 @@ def set_up(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> Run:
                scheduler=scheduler, tokenizer=tokenizer, train_ds=train_ds, valid_ds=valid_ds, collate=collate,
                train_sampler=train_sampler, total_steps=total_steps,
                use_bf16=t.precision == "bf16" or (t.precision == "auto" and env.device.type == "cuda"),
-               logger=logger, state=state)
+               logger=logger, state=state, setup_skips=_setup_skips(manifest, train_ds.base, valid_ds),
+               load_skips=SkipReport(state.load_failures))
 
 
 def _datasets(cfg: RunConfig, sources, granularities, objective: Objective, preprocess, tokenizer):
@@ -301,6 +317,15 @@ def _datasets(cfg: RunConfig, sources, granularities, objective: Objective, prep
     collate = Collator(tokenizer, granularities,
                        with_report=objective.needs_report, allow_empty=cfg.data.on_error == "skip")
     return train_ds, valid_ds, collate
+
+
+def _setup_skips(manifest: Manifest, train_ds: ImageTextDataset, valid_ds: ImageTextDataset | None) -> SkipReport:
+    """Manifest lines rejected while reading and records the datasets left out, per reason."""
+    skips = manifest_skips(manifest)
+    for ds in (train_ds, valid_ds):
+        if ds is not None:
+            skips.update(dataset_skips(ds))
+    return skips
 def _resume(out: Path, env: mdist.DistEnv, module: TrainingModule, optimizer, scheduler) -> TrainState:
     """Weights, optimizer, schedule and this rank's RNG streams from ``checkpoints/last``."""
     ckpt_dir = out / "checkpoints"
@@ -415,16 +440,19 @@ def train_micro_batch(run: Run, batch: dict[str, Any], meter: _EpochMeter, sync:
     state, env, t = run.state, run.env, run.cfg.train
     batch, skipped, equalised = equalise_batches(batch, env)
     state.skipped_records += skipped
+    count_load_failures(run.load_skips, batch, skipped, env)
     state.equalised_records += equalised
     if equalised:
         run.logger.warn(f"step {state.step + 1}: {equalised} good record(s) left out so that every rank has "
                         f"the batch size of the smallest (records were skipped; "
                         f"{state.equalised_records} in all)")
     n = num_samples(batch)  # the same on every rank after equalise_batches
-    if n == 0:
-        # Every record of this micro-batch failed to load (on this rank or another): no forward.
+    if n < 2:
+        # Every record of this micro-batch, or all but one, failed to load (on this rank or another): no
+        # forward, since a contrastive loss over one sample is 0 and batch norm cannot train on it.
         state.empty_batches += 1
-        run.logger.warn(f"step {state.step + 1}: a micro-batch had no record left to train on "
+        left = "no record" if n == 0 else "only one record"
+        run.logger.warn(f"step {state.step + 1}: a micro-batch had {left} left to train on "
                         f"({state.empty_batches} in all); it is stepped over")
         if sync and env.distributed and meter.group_rows and t.contrastive_chunks == 1:
             # DDP averages gradients in the group's last backward, which did not run: do it here.
@@ -540,7 +568,7 @@ def validate(run: Run, step: int, epoch: int) -> dict[str, Any]:
     """The validation loss, logged and kept in the history."""
     t = run.cfg.train
     row = evaluate_loss(run.module, run.valid_ds, run.collate, t.batch_size, run.env, run.use_bf16,
-                        run.cfg.data.num_workers)
+                        run.cfg.data.num_workers, skips=run.load_skips)
     row.update({"split": "valid", "step": step, "epoch": epoch})
     run.logger.log(row)
     run.history.append(row)
@@ -557,6 +585,7 @@ def save(run: Run, name: Path) -> None:
         mdist.barrier()
         return
     mdist.check_in_sync(run.params)
+    state.load_failures = run.load_skips.state()
     rng = {"rng_state_per_rank": mdist.all_gather(torch.get_rng_state())}
     if env.device.type == "cuda":  # dropout on the GPU draws from the device's generator
         rng["cuda_rng_state_per_rank"] = mdist.all_gather(torch.cuda.get_rng_state(env.device))
@@ -567,6 +596,18 @@ def save(run: Run, name: Path) -> None:
     run.best_written_at = state.step if name == run.best else None
     mdist.barrier()
 
+
+
+def count_load_failures(skips: SkipReport, batch: dict[str, Any], skipped: int, env: mdist.DistEnv) -> None:
+    """Add the batch's load failures on every rank (``skipped``: their number over all ranks, the same
+    on every rank, so the gather runs on all of them or on none) to ``skips``, per reason."""
+    if not skipped:
+        return
+    failures = batch.get("failures", [])
+    if env.distributed:
+        failures = [f for part in mdist.all_gather_object(failures) for f in part]
+    for where, kind in failures:
+        skips.add(kind, where)
 
 
 def equalise_batches(batch: dict[str, Any], env: mdist.DistEnv) -> tuple[dict[str, Any], int, int]:
@@ -600,8 +641,9 @@ def _mean_over_ranks(values: dict[str, float], env: mdist.DistEnv) -> dict[str, 
 
 @torch.no_grad()
 def evaluate_loss(module: TrainingModule, dataset, collate, batch_size: int, env: mdist.DistEnv,
-                  use_bf16: bool, num_workers: int = 0) -> dict[str, float]:
-    """Mean objective over a split (weighted by batch size), in eval mode, summed over ranks."""
+                  use_bf16: bool, num_workers: int = 0, skips: SkipReport | None = None) -> dict[str, float]:
+    """Mean objective over a split (weighted by batch size), in eval mode, summed over ranks. Records
+    that fail to load (under on_error=skip) are added to ``skips``."""
     sampler = ShardedBatchSampler(len(dataset), batch_size, seed=0, rank=env.rank, world_size=env.world_size,
                                   shuffle=False, drop_last=False)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
@@ -611,7 +653,9 @@ def evaluate_loss(module: TrainingModule, dataset, collate, batch_size: int, env
     sums: dict[str, float] = {}
     count = 0
     for batch in loader:
-        batch, _, _ = equalise_batches(batch, env)  # the losses gather across ranks: equal batches
+        batch, skipped, _ = equalise_batches(batch, env)  # the losses gather across ranks: equal batches
+        if skips is not None:
+            count_load_failures(skips, batch, skipped, env)
         n = num_samples(batch)
         if n < 2:  # a contrastive loss over one sample is 0 by construction: leave it out (on every rank)
             continue
