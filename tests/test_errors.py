@@ -80,3 +80,20 @@ def test_cli_status_1_and_debug_shows_the_trace(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MEDGRAIN_DEBUG", "1")
     with pytest.raises(ManifestError):
         cli.main(["info", str(bad)])
+
+
+def test_an_unreadable_feature_cache_is_computed_again(tmp_path):
+    import json
+
+    import numpy as np
+    from safetensors.numpy import save_file as save_numpy
+
+    from medgrain.evaluation.features import _read_cache
+
+    path = tmp_path / "f.safetensors"
+    assert _read_cache(path) is None
+    save_numpy({"features": np.ones((2, 3), np.float32)}, str(path), metadata={"ids": json.dumps(["a", "b"])})
+    ids, features = _read_cache(path)
+    assert ids == ["a", "b"] and features.shape == (2, 3)
+    path.write_bytes(path.read_bytes()[:30])  # a write cut short
+    assert _read_cache(path) is None

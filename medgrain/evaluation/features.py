@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ from medgrain.evaluation.data import image_dataset, image_loader
 from medgrain.evaluation.encoder import Encoder, file_sha256
 from medgrain.evaluation.progress import progress
 from medgrain.io import atomic_write
+
+logger = logging.getLogger(__name__)
 
 # "backbone": the image tower's pooled output, what MGCA (arXiv:2210.06044) and MGLL
 # (arXiv:2511.15943) probe;
@@ -78,17 +81,29 @@ def extract_features(encoder: Encoder, manifest: Manifest, split: str, kind: Fea
     path = cache_dir / f"{cache_key(encoder, manifest, split, kind)}.safetensors"
     dataset = image_dataset(manifest, split, encoder.transform)
     labels = dataset.labels.numpy()
-    if path.is_file():
-        from safetensors import safe_open
-
-        with safe_open(str(path), "np") as f:
-            ids = json.loads(f.metadata()["ids"])
-        if ids == [r.id for r in dataset.records]:
-            return Features(ids, load_file(str(path))["features"], labels)
+    cached = _read_cache(path)
+    if cached is not None and cached[0] == [r.id for r in dataset.records]:
+        return Features(cached[0], cached[1], labels)
     ids, features, _ = compute_features(encoder, dataset, kind, batch_size, workers, f"{kind} features: {split}")
     meta = {"ids": json.dumps(ids), "split": split, "kind": kind}
     atomic_write(path, lambda tmp: save_file({"features": features.numpy()}, str(tmp), metadata=meta))
     return Features(ids, features.numpy(), labels)
+
+
+def _read_cache(path: Path) -> tuple[list[str], np.ndarray] | None:
+    """``(ids, features)`` of a cache file, or None when there is none or it cannot be read (a write
+    that was cut short, an edited file): the cache is only a cache, so it is then computed again."""
+    if not path.is_file():
+        return None
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "np") as f:
+            ids = json.loads(f.metadata()["ids"])
+        return ids, load_file(str(path))["features"]
+    except (SafetensorError, OSError, KeyError, TypeError, ValueError):
+        logger.warning("feature cache %s is unreadable; computing the features again", path)
+        return None
 
 
 @torch.no_grad()

@@ -301,7 +301,7 @@ def set_up(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> Run:
                scheduler=scheduler, tokenizer=tokenizer, train_ds=train_ds, valid_ds=valid_ds, collate=collate,
                train_sampler=train_sampler, total_steps=total_steps,
                use_bf16=t.precision == "bf16" or (t.precision == "auto" and env.device.type == "cuda"),
-               logger=logger, state=state, setup_skips=_setup_skips(manifest, train_ds.base, valid_ds),
+               logger=logger, state=state, setup_skips=_setup_skips(sources, train_ds.base, valid_ds),
                load_skips=SkipReport(state.load_failures))
 
 
@@ -319,13 +319,18 @@ def _datasets(cfg: RunConfig, sources, granularities, objective: Objective, prep
     return train_ds, valid_ds, collate
 
 
-def _setup_skips(manifest: Manifest, train_ds: ImageTextDataset, valid_ds: ImageTextDataset | None) -> SkipReport:
-    """Manifest lines rejected while reading and records the datasets left out, per reason."""
-    skips = manifest_skips(manifest)
+def _setup_skips(sources, train_ds, valid_ds) -> SkipReport:
+    """Manifest lines rejected while reading and records the datasets left out, per reason, over every
+    source (the datasets are ConcatDatasets of one ImageTextDataset per source)."""
+    skips = SkipReport()
+    for source in sources:
+        skips.update(manifest_skips(source.manifest))
     for ds in (train_ds, valid_ds):
-        if ds is not None:
-            skips.update(dataset_skips(ds))
+        for part in getattr(ds, "datasets", [ds] if ds is not None else []):
+            skips.update(dataset_skips(part))
     return skips
+
+
 def _resume(out: Path, env: mdist.DistEnv, module: TrainingModule, optimizer, scheduler) -> TrainState:
     """Weights, optimizer, schedule and this rank's RNG streams from ``checkpoints/last``."""
     ckpt_dir = out / "checkpoints"
