@@ -6,8 +6,8 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
-import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, fields
@@ -33,6 +33,8 @@ from .grad_cache import batchnorm_modules, cached_backward
 from .logging import RunLogger
 from .optim import build_optimizer, build_scheduler
 from .sampling import EpochSeededDataset, ShardedBatchSampler
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -238,7 +240,7 @@ def _train(cfg: RunConfig, env: mdist.DistEnv, resume: bool) -> TrainResult:
     skips.update(run.load_skips)
     run.logger.close(summary={**{k: getattr(state, k) for k in counts}, "skipped": skips.summary()})
     if env.is_main and (skips.total or cfg.data.on_error == "skip"):
-        print(skips.format(), file=sys.stderr)
+        log.log(logging.WARNING if skips.total else logging.INFO, skips.format())
     best = run.best
     return TrainResult(run.out, run.last, best if best is not None and best.exists() else None, run.history,
                        state.skipped_steps, state.skipped_records, state.equalised_records, state.empty_batches,
