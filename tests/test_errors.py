@@ -97,3 +97,14 @@ def test_an_unreadable_feature_cache_is_computed_again(tmp_path):
     assert ids == ["a", "b"] and features.shape == (2, 3)
     path.write_bytes(path.read_bytes()[:30])  # a write cut short
     assert _read_cache(path) is None
+
+
+def test_an_encode_part_cut_short_names_its_file(tmp_path):
+    from medgrain.export.encode import _read
+
+    path = tmp_path / "part-0.safetensors"
+    save_file({"image": torch.zeros(2, 3)}, str(path), metadata={"ids": '["a", "b"]'})
+    assert _read(path)[0] == ["a", "b"]
+    path.write_bytes(path.read_bytes()[:20])
+    with pytest.raises(CheckpointError, match=r"part-0\.safetensors: not a valid safetensors file"):
+        _read(path)

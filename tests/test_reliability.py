@@ -224,6 +224,7 @@ def test_bad_image_is_a_clear_error_never_a_crash(corpus, tmp_path, case):
         assert "16384x16384" in stderr and "data.max_image_pixels" in stderr
 
 
+@pytest.mark.slow
 def test_skip_finishes_and_reports_exactly_the_bad_records_by_reason(corpus, tmp_path):
     """The issue's acceptance: one bad record of each kind, data.on_error=skip, and the run reports
     exactly those records, by reason, at its end, in metrics.jsonl and across --resume."""
@@ -276,6 +277,7 @@ class _Payload:  # something other than tensors: torch.load(weights_only=True) m
     pass
 
 
+@pytest.mark.slow
 def test_damaged_checkpoint_files_are_named(checkpoint, tmp_path):
     import shutil
 
@@ -298,6 +300,7 @@ def test_damaged_checkpoint_files_are_named(checkpoint, tmp_path):
                  str(weights), "not a valid safetensors file")
 
 
+@pytest.mark.slow
 def test_evaluation_names_a_bad_image_and_a_mask_of_the_wrong_size(corpus, tmp_path):
     broken = [{**r, "split": "test"} for r in json.loads(json.dumps(corpus["good"]))]
     assert any(r["labels"] for r in broken) and not all(r["labels"] for r in broken)
@@ -331,6 +334,7 @@ def _env() -> dict:
     return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_finishes(checkpoint, tmp_path):
     """A real process killed with SIGKILL once it has written a checkpoint resumes from it."""
     manifest, _ = checkpoint
@@ -351,6 +355,7 @@ def test_kill_9_then_resume_finishes(checkpoint, tmp_path):
     assert max(s for s in steps if s is not None) == 6  # 6 epochs of one step each, the last after the resume
 
 
+@pytest.mark.slow
 def test_kill_during_a_checkpoint_write_leaves_a_whole_one(checkpoint, tmp_path):
     """SIGKILL in the middle of writing the second checkpoint (its weights staged, its train state
     not): the first stays whole and --resume continues from it."""

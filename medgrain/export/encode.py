@@ -61,7 +61,9 @@ def _read(path: Path) -> tuple[list[str], dict[str, torch.Tensor]]:
         return _read_parquet(path)
     from safetensors import safe_open
 
-    with safe_open(str(path), "pt") as f:
+    from medgrain.errors import loading
+
+    with loading(path), safe_open(str(path), "pt") as f:
         ids = json.loads(f.metadata()["ids"])
         return ids, {k: f.get_tensor(k) for k in f.keys()}
 

@@ -308,23 +308,27 @@ def import_hf(folder: str) -> Imported:
     from safetensors.torch import load_file
 
     from medgrain.data.text import Tokenizer
+    from medgrain.errors import loading
 
     root = Path(folder)
     meta = json.loads((root / HF_EXPORT_MARKER).read_text())
     config = ModelConfig.model_validate(meta["model"])
-    image = load_file(str(root / "image" / "model.safetensors"))
+    with loading(root / "image" / "model.safetensors"):
+        image = load_file(str(root / "image" / "model.safetensors"))
     if meta["image"] == "clip_vision":
         layers = json.loads((root / "image" / "config.json").read_text())["num_hidden_layers"]
         state = {f"visual.trunk.{k}": v for k, v in hf_to_open_clip_vision(image, layers).items()}
     else:
         state = _timm_back(image, config)
-    text = load_file(str(root / "text" / "model.safetensors"))
+    with loading(root / "text" / "model.safetensors"):
+        text = load_file(str(root / "text" / "model.safetensors"))
     text_config = json.loads((root / "text" / "config.json").read_text())
     if meta.get("text") == "clip_text":
         text = hf_to_open_clip_text(text, text_config["num_hidden_layers"])
         text_config = config.text.config  # the OpenCLIPTextConfig the model was built from
     else:
-        projection = load_file(str(root / "text" / PROJECTION_FILE))
+        with loading(root / "text" / PROJECTION_FILE):
+            projection = load_file(str(root / "text" / PROJECTION_FILE))
         state.update({f"text_proj.{k}": v for k, v in projection.items() if k != "identity"})
     state.update({f"text.transformer.{k}": v for k, v in text.items()})
     state["logit_scale"] = torch.tensor(meta["logit_scale"])
