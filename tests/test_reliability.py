@@ -308,6 +308,14 @@ def test_evaluation_names_a_bad_image_and_a_mask_of_the_wrong_size(corpus, tmp_p
     path = write_manifest(corpus["root"] / "eval-bad.jsonl", broken)
     assert_clear(*run_cli(["evaluate", "zero-shot", "--checkpoint", "random", "--data", str(path),
                            "--bootstrap", "0"], tmp_path), "short.png")
+    # with --on-error skip the record is left out and counted, by reason, in the result JSON
+    out = tmp_path / "zs.json"
+    outcome, stderr = run_cli(["evaluate", "zero-shot", "--checkpoint", "random", "--data", str(path),
+                               "--bootstrap", "0", "--on-error", "skip", "--out", str(out)], tmp_path)
+    assert outcome == 0, stderr[-3000:]
+    skipped = json.loads(out.read_text())["skipped"]
+    assert skipped["by_reason"] == {"corrupt image data": 1} and skipped["first"]["corrupt image data"] == [f"{path}:1"]
+    assert "corrupt image data: 1" in stderr
 
     masked = [r for r in json.loads(json.dumps(corpus["good"])) if any(f.get("mask") for f in r["findings"])]
     assert masked, "the synthetic data has masks"

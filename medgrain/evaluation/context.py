@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -40,6 +40,9 @@ class ContextOptions(BaseModel):
     cache_dir: Path | None = Field(None, description="feature cache (default ~/.cache/medgrain/features)")
     bootstrap: int = Field(1000, ge=0, description="bootstrap resamples of the test images for every metric's 95% "
                                                    "interval (<metric>_ci); 0 leaves intervals out")
+    on_error: Literal["raise", "skip"] = Field("raise", description="skip: leave out (and count, by reason, in the "
+                                                                 "result JSON) manifest lines and images that cannot "
+                                                                 "be read, instead of stopping at the first")
 
 
 @dataclass
@@ -55,6 +58,7 @@ class EvalContext:
     cache_dir: Path | None = None
     workers: int = 0
     bootstrap: int = 1000
+    skips: Any = None  # medgrain.data.skips.SkipReport of what on_error=skip left out, else None
 
     @classmethod
     def open(cls, options: ContextOptions, encoder=None, manifest=None) -> EvalContext:
@@ -64,12 +68,17 @@ class EvalContext:
 
         if not options.seeds:
             raise ValueError("seeds: give at least one seed")
-        manifest = manifest if manifest is not None else open_manifest(options.data)
+        manifest = manifest if manifest is not None else open_manifest(options.data, options.on_error)
+        skips = None
+        if options.on_error == "skip":
+            from medgrain.evaluation.data import without_unreadable_images
+
+            manifest, skips = without_unreadable_images(manifest)
         encoder = encoder or load_encoder(options.checkpoint, options.model, options.seeds[0], options.device,
                                           options.imagenet_weights)
         fields = options.model_dump(include={"model", "split", "valid_split", "seeds", "fractions",
                                              "fractions_dir", "cache_dir", "workers", "bootstrap"})
-        return cls(encoder, manifest, **fields)
+        return cls(encoder, manifest, **fields, skips=skips)
 
     @property
     def intervals(self):

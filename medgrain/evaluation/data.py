@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -9,9 +10,36 @@ from torch.utils.data import DataLoader, Subset
 
 from medgrain.data.manifest import SPLITS, Manifest, read_manifest
 
+log = logging.getLogger(__name__)
 
-def open_manifest(data: str | Path | Manifest) -> Manifest:
-    return data if isinstance(data, Manifest) else read_manifest(data)
+
+def open_manifest(data: str | Path | Manifest, on_error: str = "raise") -> Manifest:
+    return data if isinstance(data, Manifest) else read_manifest(data, on_error=on_error)
+
+
+def without_unreadable_images(manifest: Manifest):
+    """``(manifest, skips)`` for ``on_error="skip"``: every image is read once, up front, and the records
+    whose image is missing or cannot be decoded are left out (counted per reason in the ``SkipReport``,
+    with the lines the manifest rejected), so that every task sees the same records and features,
+    labels and scores stay aligned."""
+    from medgrain.data.imageio import ImageReadError
+    from medgrain.data.skips import manifest_skips
+
+    skips = manifest_skips(manifest)
+    kept = []
+    for record in manifest.records:
+        if record.image is not None:
+            try:
+                if not manifest.has_file(record.image):
+                    raise ImageReadError(manifest.resolve(record.image), "file not found", "image file not found")
+                manifest.read_image(record.image)
+            except ImageReadError as e:
+                log.warning("left out record '%s': %s", record.id, e)
+                skips.add(e.kind, f"{manifest.path}:{record.line}")
+                continue
+        kept.append(record)
+    log.log(logging.WARNING if skips.total else logging.INFO, skips.format())
+    return Manifest(path=manifest.path, records=kept, skipped=manifest.skipped), skips
 
 
 def split_sizes(manifest: Manifest) -> dict[str, int]:

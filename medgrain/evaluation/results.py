@@ -84,6 +84,8 @@ def result_record(task: str, ctx, result: TaskResult, seed: int | list[int], ela
         "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "elapsed_s": round(elapsed_s, 2),
     }
+    if getattr(ctx, "skips", None) is not None:  # on_error=skip: what was left out, by reason
+        record["skipped"] = ctx.skips.summary()
     if "scores" in body:
         record["scores"] = body["scores"]
     return record
