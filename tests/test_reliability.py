@@ -329,6 +329,12 @@ def test_evaluation_names_a_bad_image_and_a_mask_of_the_wrong_size(corpus, tmp_p
     outcome, stderr = run_cli(["evaluate", "segment", "--checkpoint", "random", "--data", str(path),
                                "--epochs", "1", "--bootstrap", "0", "--seeds", "0", "--fractions", "1"], tmp_path)
     assert_clear(outcome, stderr, "small-mask.png", "mask is 5x7")
+    out = tmp_path / "seg.json"
+    outcome, stderr = run_cli(["evaluate", "segment", "--checkpoint", "random", "--data", str(path), "--epochs", "1",
+                               "--bootstrap", "0", "--seeds", "0", "--fractions", "1", "--on-error", "skip",
+                               "--out", str(out)], tmp_path)
+    assert outcome == 0, stderr[-3000:]
+    assert json.loads(out.read_text())["skipped"]["by_reason"] == {"mask size differs from its image": 1}
 
 
 # ----------------------------------------------------------------------------- kills

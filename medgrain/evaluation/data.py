@@ -18,10 +18,10 @@ def open_manifest(data: str | Path | Manifest, on_error: str = "raise") -> Manif
 
 
 def without_unreadable_images(manifest: Manifest):
-    """``(manifest, skips)`` for ``on_error="skip"``: every image is read once, up front, and the records
-    whose image is missing or cannot be decoded are left out (counted per reason in the ``SkipReport``,
-    with the lines the manifest rejected), so that every task sees the same records and features,
-    labels and scores stay aligned."""
+    """``(manifest, skips)`` for ``on_error="skip"``: every image (and mask) is read once, up front, and
+    the records whose image or one of its masks is missing or cannot be decoded are left out (counted
+    per reason in the ``SkipReport``, with the lines the manifest rejected), so that every task sees the
+    same records and features, labels and scores stay aligned."""
     from medgrain.data.imageio import ImageReadError
     from medgrain.data.skips import manifest_skips
 
@@ -32,7 +32,10 @@ def without_unreadable_images(manifest: Manifest):
             try:
                 if not manifest.has_file(record.image):
                     raise ImageReadError(manifest.resolve(record.image), "file not found", "image file not found")
-                manifest.read_image(record.image)
+                size = tuple(manifest.read_image(record.image).shape[-2:])
+                for finding in record.findings:  # masks too: segmentation reads them with their image
+                    if finding.mask:
+                        manifest.read_mask(finding.mask, size)
             except ImageReadError as e:
                 log.warning("left out record '%s': %s", record.id, e)
                 skips.add(e.kind, f"{manifest.path}:{record.line}")
