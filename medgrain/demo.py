@@ -59,7 +59,9 @@ class DemoBudget:
     resamples: int = 1000  # bootstrap resamples of the paired comparisons
 
 
-FULL = DemoBudget(n=1200, size=64, epochs=6, batch_size=32, lr=1e-3,
+# 3 pretraining epochs: about 24 CPU-seconds per method and epoch on the project's 2-core machine, so that
+# `make demo` fits in 15 minutes there (README, "How long the demo takes"); --epochs buys more.
+FULL = DemoBudget(n=1200, size=64, epochs=3, batch_size=32, lr=1e-3,
                   eval_epochs=5, eval_seeds=(0, 1, 2), fractions=(0.01, 0.1, 1.0), segment_fractions=(0.1,))
 QUICK = DemoBudget(n=240, size=64, epochs=2, batch_size=32, lr=1e-3,
                    eval_epochs=1, eval_seeds=(0,), fractions=(0.1, 1.0), segment_fractions=(0.1,))
