@@ -216,6 +216,25 @@ def _attend_learned(
 
 
 @in_full_precision
+def _check_token_shapes(patches, words, word_mask, patch_weights, word_weights) -> None:
+    if patches.dim() != 3 or words.dim() != 3:
+        raise ValueError(
+            f"patches and words must be (N, M, d) and (N, W, d), got {tuple(patches.shape)} "
+            f"and {tuple(words.shape)}"
+        )
+    n, num_patches, dim = patches.shape
+    num_words = words.shape[1]
+    if words.shape[0] != n or words.shape[2] != dim:
+        raise ValueError(f"words {tuple(words.shape)} do not match patches {tuple(patches.shape)} in N or d")
+    for name, tensor, shape in (
+        ("word_mask", word_mask, (n, num_words)),
+        ("word_weights", word_weights, (n, num_words)),
+        ("patch_weights", patch_weights, (n, num_patches)),
+    ):
+        if tuple(tensor.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {tuple(tensor.shape)}")
+
+
 def token_alignment_loss(
     patches: torch.Tensor,
     words: torch.Tensor,
@@ -253,22 +272,8 @@ def token_alignment_loss(
     Returns:
         scalar loss.
     """
-    if patches.dim() != 3 or words.dim() != 3:
-        raise ValueError(
-            f"patches and words must be (N, M, d) and (N, W, d), got {tuple(patches.shape)} "
-            f"and {tuple(words.shape)}"
-        )
-    n, num_patches, dim = patches.shape
-    num_words = words.shape[1]
-    if words.shape[0] != n or words.shape[2] != dim:
-        raise ValueError(f"words {tuple(words.shape)} do not match patches {tuple(patches.shape)} in N or d")
-    for name, tensor, shape in (
-        ("word_mask", word_mask, (n, num_words)),
-        ("word_weights", word_weights, (n, num_words)),
-        ("patch_weights", patch_weights, (n, num_patches)),
-    ):
-        if tuple(tensor.shape) != shape:
-            raise ValueError(f"{name} must have shape {shape}, got {tuple(tensor.shape)}")
+    _check_token_shapes(patches, words, word_mask, patch_weights, word_weights)
+    n = patches.shape[0]
     word_mask = word_mask.to(device=words.device, dtype=torch.bool)
     if present is not None:
         present = check_present(present, n).to(words.device)
