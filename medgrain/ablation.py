@@ -233,9 +233,11 @@ def evaluate_run(checkpoint: Path, manifest, budget: Budget, seed: int, cache: P
 
 def run_ablation(suite_name: str, data: str | Path, out: str | Path, *, seeds: tuple[int, ...] = (0, 1, 2),
                  budget: str | Budget = "cpu", device: str = "auto", bootstrap: int = 1000,
-                 variants: tuple[str, ...] | None = None) -> dict[str, Any]:
+                 variants: tuple[str, ...] | None = None, finished_only: bool = False) -> dict[str, Any]:
     """Pretrain and evaluate every variant of ``suite_name`` for every seed (runs already finished in
-    ``out`` are reused), then compare; writes ``OUT/ablation.json`` and ``OUT/table.md``, returns the former."""
+    ``out`` are reused), then compare; writes ``OUT/ablation.json`` and ``OUT/table.md``, returns the former.
+    ``finished_only``: train nothing; tabulate the runs already finished (a suite stopped early), each
+    variant over the seeds it has and each claim over the seeds both of its variants have."""
     import time
 
     from .data.manifest import read_manifest
@@ -249,9 +251,14 @@ def run_ablation(suite_name: str, data: str | Path, out: str | Path, *, seeds: t
     # Seed-major: a suite stopped early has every variant at the first seeds, not some variants at all.
     for seed in seeds:
         for variant in chosen:
+            run_dir = out / _slug(variant.name) / f"seed{seed}"
+            if finished_only and not (run_dir / "evaluation.json").is_file():
+                continue
             runs.setdefault(variant.name, {})[seed] = _pretrain_and_evaluate(
-                suite, variant, budget, manifest, seed, out / _slug(variant.name) / f"seed{seed}", device)
-    result = summarise(suite, budget, runs, seeds, bootstrap)
+                suite, variant, budget, manifest, seed, run_dir, device)
+    if not runs:
+        raise FileNotFoundError(f"{out}: no finished run of the {suite_name} suite to tabulate")
+    result = summarise(suite, budget, runs, bootstrap)
     result.update({"data": str(manifest_path), "budget": asdict(budget), "seeds": list(seeds),
                    "minutes": round((time.time() - started) / 60, 1)})
     out.mkdir(parents=True, exist_ok=True)
@@ -312,6 +319,16 @@ def run_interval(scores: dict | None, resamples: int) -> list[float] | None:
 
 
 def compare(a: list[dict], b: list[dict], column: str, resamples: int) -> dict[str, Any]:
+    """See ``compare_seeds``; ``a`` and ``b`` are the runs of the same seeds, in the same order."""
+    return compare_seeds(a, b, column, resamples)
+
+
+def _common(runs: dict[str, dict[int, dict]], a: str, b: str) -> tuple[list[dict], list[dict]]:
+    seeds = sorted(set(runs[a]) & set(runs[b]))
+    return [runs[a][s] for s in seeds], [runs[b][s] for s in seeds]
+
+
+def compare_seeds(a: list[dict], b: list[dict], column: str, resamples: int) -> dict[str, Any]:
     """metric(A) - metric(B) over the seeds both have: paired over test images where every run stored its
     per-image scores, else a t-interval over the seeds' paired differences."""
     from scipy import stats
@@ -348,10 +365,12 @@ def verdict(claim: Claim, comparison: dict[str, Any]) -> str:
     return "held" if low > 0 else ("reversed" if high < 0 else "cannot be told apart")
 
 
-def summarise(suite: Suite, budget: Budget, runs: dict[str, dict[int, dict]], seeds, resamples: int) -> dict:
+def summarise(suite: Suite, budget: Budget, runs: dict[str, dict[int, dict]], resamples: int) -> dict:
+    """The table of ``runs[variant][seed]`` (each from ``evaluate_run``) and the suite's claims judged."""
     columns = metric_columns(budget)
     rows = []
     for variant in (v for v in suite.variants if v.name in runs):
+        seeds = sorted(runs[variant.name])
         per_seed = [runs[variant.name][s] for s in seeds]
         cells = {}
         for column in columns:
@@ -364,12 +383,12 @@ def summarise(suite: Suite, budget: Budget, runs: dict[str, dict[int, dict]], se
                 "intervals": [run_interval(r["scores"].get(column), resamples) for r in per_seed],
             }
         skipped = {c: why for r in per_seed for c, why in r.get("skipped", {}).items()}
-        rows.append({"variant": variant.name, "paper": variant.paper, "cells": cells, "skipped": skipped})
+        rows.append({"variant": variant.name, "paper": variant.paper, "seeds": seeds, "cells": cells,
+                     "skipped": skipped})
     claims = []
     for claim in suite.claims:
         if claim.better in runs and claim.worse in runs:
-            comparison = compare([runs[claim.better][s] for s in seeds], [runs[claim.worse][s] for s in seeds],
-                                 claim.metric, resamples)
+            comparison = compare(*_common(runs, claim.better, claim.worse), claim.metric, resamples)
             claims.append({**asdict(claim), **comparison, "verdict": verdict(claim, comparison)})
     return {"suite": suite.name, "paper_metric": suite.paper_metric, "columns": columns, "rows": rows, "claims": claims}
 
@@ -387,17 +406,17 @@ def _interval(ci) -> str:
 def format_tables(result: dict[str, Any]) -> str:
     """The suite's tables as Markdown: mean ± std over seeds, each run's bootstrap interval, the claims."""
     columns = result["columns"]
-    lines = [f"## {result['suite'].upper()} ablation: {len(result['seeds'])} seed(s), budget {result['budget']}", "",
-             f"| variant | paper ({result['paper_metric']}) | " + " | ".join(columns) + " |",
-             "|---|---|" + "---:|" * len(columns)]
+    lines = [f"## {result['suite'].upper()} ablation: seeds {result['seeds']}, budget {result['budget']}", "",
+             f"| variant | seeds | paper ({result['paper_metric']}) | " + " | ".join(columns) + " |",
+             "|---|---|---|" + "---:|" * len(columns)]
     for row in result["rows"]:
-        lines.append(f"| {row['variant']} | {row['paper'] or '–'} | "
+        lines.append(f"| {row['variant']} | {len(row['seeds'])} | {row['paper'] or '–'} | "
                      + " | ".join(_cell(row["cells"][c]) for c in columns) + " |")
     lines += ["", "Each run's 95% bootstrap interval over test images (macro AUROC; columns with per-image scores):", "",
               "| variant | seed | " + " | ".join(c for c in columns if c.startswith(("linear", "zero"))) + " |",
               "|---|---:|" + "---|" * sum(c.startswith(("linear", "zero")) for c in columns)]
     for row in result["rows"]:
-        for k, seed in enumerate(result["seeds"]):
+        for k, seed in enumerate(row["seeds"]):
             lines.append(f"| {row['variant']} | {seed} | " + " | ".join(
                 _interval(row["cells"][c]["intervals"][k]) for c in columns if c.startswith(("linear", "zero"))) + " |")
     lines += ["", "| claim | metric | source | difference (95% CI) | p | how | verdict |", "|---|---|---|---|---:|---|---|"]

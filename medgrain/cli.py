@@ -274,7 +274,8 @@ def _cmd_ablate(a: argparse.Namespace) -> int:
     from .ablation import format_tables, run_ablation
 
     result = run_ablation(a.suite, a.data, a.out, seeds=tuple(a.seeds), budget=a.budget, device=a.device,
-                          bootstrap=a.bootstrap, variants=tuple(a.variants) if a.variants else None)
+                          bootstrap=a.bootstrap, variants=tuple(a.variants) if a.variants else None,
+                          finished_only=a.finished_only)
     print(format_tables(result))
     print(f"wrote {a.out / 'ablation.json'} and {a.out / 'table.md'} ({result['minutes']} min)")
     return 0
@@ -295,6 +296,8 @@ def _add_ablate(sub) -> None:
     p.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
     p.add_argument("--variants", nargs="+", help="only these variants (names as in the table)")
     p.add_argument("--bootstrap", type=int, default=1000, help="resamples of the test images per interval")
+    p.add_argument("--finished-only", action="store_true",
+                   help="train nothing: tabulate the runs already finished in --out (a suite stopped early)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=_cmd_ablate)
 

@@ -35,6 +35,13 @@ def test_each_suite_runs_end_to_end_at_a_toy_budget(synth, tmp_path, suite):
     # a second call reuses every finished run instead of training again
     again = run_ablation(suite, synth, tmp_path / suite, seeds=(0,), budget="toy", device="cpu", bootstrap=50)
     assert again["rows"] == stored["rows"]
+    # a suite stopped early: only what finished is tabulated, nothing is trained
+    first = ABLATIONS.get(suite).variants[0].name
+    partial = run_ablation(suite, synth, tmp_path / suite, seeds=(0, 1), budget="toy", bootstrap=50, finished_only=True)
+    assert [r["variant"] for r in partial["rows"]] == [r["variant"] for r in stored["rows"]]
+    assert partial["rows"][0]["seeds"] == [0] and partial["rows"][0]["variant"] == first
+    with pytest.raises(FileNotFoundError, match="no finished run"):
+        run_ablation(suite, synth, tmp_path / "empty", budget="toy", finished_only=True)
 
 
 def _run(scores, labels, ids, column="zero-shot"):
