@@ -81,6 +81,7 @@ class Budget:
     fractions: tuple[float, ...] = (0.01, 0.1, 1.0)
     segment_fractions: tuple[float, ...] = (0.1, 1.0)
     stop_after_steps: int | None = None
+    ceiling_epochs: int = 10  # the supervised ceiling: the image tower fine-tuned on 100% of the labels
 
 
 # "cpu": the documented run on 2 CPU cores. The tiny preset (ResNet-18, random) at 128 px gives MGCA an
@@ -90,7 +91,7 @@ class Budget:
 # a CPU (0.56 samples/s measured on a shared 2-core machine), so it is the budget for a GPU.
 BUDGETS = {
     "toy": Budget(epochs=1, batch_size=8, lr=1e-3, image_size=32, preset="tiny", segment_epochs=1,
-                  fractions=(1.0,), segment_fractions=(1.0,), stop_after_steps=1),
+                  fractions=(1.0,), segment_fractions=(1.0,), stop_after_steps=1, ceiling_epochs=1),
     "cpu": Budget(epochs=2, batch_size=32, lr=1e-3, image_size=128, preset="tiny", segment_epochs=2),
     "pretrained": Budget(epochs=5, batch_size=64, lr=3e-4, image_size=128, preset="effnet-minilm", segment_epochs=5),
 }
@@ -198,14 +199,20 @@ def _run_metrics(record: dict[str, Any], fraction: str | None, key: str) -> floa
     return None if value is None else float(value)
 
 
-def evaluate_run(checkpoint: Path, manifest, budget: Budget, seed: int, cache: Path) -> dict[str, Any]:
+FLOOR, CEILING = "random init (floor)", "supervised (ceiling)"
+
+
+def evaluate_run(checkpoint: Path | str, manifest, budget: Budget, seed: int, cache: Path,
+                 model: str = "tiny") -> dict[str, Any]:
     """One pretrained run on every task the data allows: ``{"metrics": {column: value}, "scores": {column:
-    per-image scores}, "skipped": {task: why}}``. The label draw of each fraction is seeded by ``seed``."""
+    per-image scores}, "skipped": {task: why}}``. The label draw of each fraction is seeded by ``seed``.
+    ``checkpoint="random"`` is the floor: the preset ``model`` with random weights (seeded by ``seed``)."""
     from dataclasses import replace
 
     from .evaluation.registry import EVAL_TASKS, open_context, run_task, task_spec
 
-    ctx = open_context(str(checkpoint), manifest, seeds=(seed,), cache_dir=cache, fractions=budget.fractions)
+    ctx = open_context(str(checkpoint), manifest, seeds=(seed,), cache_dir=cache, fractions=budget.fractions,
+                       model=model)
     out: dict[str, Any] = {"metrics": {}, "scores": {}, "skipped": {}}
 
     def run(task: str, column: str, key: str, fraction: float | None = None, **options):
@@ -228,6 +235,24 @@ def evaluate_run(checkpoint: Path, manifest, budget: Budget, seed: int, cache: P
         run("segment", f"segmentation {_pct(f)}", "dice", f, epochs=budget.segment_epochs,
             patience=budget.segment_epochs)
     run("grounding", "grounding CNR", "cnr")
+    return out
+
+
+def supervised_ceiling(manifest, budget: Budget, seed: int, cache: Path, model: str) -> dict[str, Any]:
+    """The same image tower, from its initial weights, fine-tuned on 100% of the training labels: what a
+    method's linear probe at 100% could at best approach. Reported in the linear-probe 100% column (it is
+    fine-tuning, not a probe) with its per-image scores."""
+    from dataclasses import replace
+
+    from .evaluation.registry import open_context, run_task
+
+    ctx = open_context("random", manifest, seeds=(seed,), cache_dir=cache, fractions=(1.0,), model=model)
+    record = run_task("finetune", replace(ctx, fractions=(1.0,)),
+                      {"epochs": budget.ceiling_epochs, "patience": budget.ceiling_epochs})
+    column = f"linear probe {_pct(1.0)}"
+    out = {"metrics": {column: _run_metrics(record, _pct(1.0), "auroc")}, "scores": {}, "skipped": {}}
+    if record.get("scores"):
+        out["scores"][column] = record["scores"]
     return out
 
 
@@ -258,8 +283,21 @@ def run_ablation(suite_name: str, data: str | Path, out: str | Path, *, seeds: t
                 suite, variant, budget, manifest, seed, run_dir, device)
     if not runs:
         raise FileNotFoundError(f"{out}: no finished run of the {suite_name} suite to tabulate")
+    for seed in seeds:  # the random floor and the supervised ceiling, with the same seeds
+        for name, make in ((FLOOR, lambda s: evaluate_run("random", manifest, budget, s, out / "cache",
+                                                          _preset(suite, budget))),
+                           (CEILING, lambda s: supervised_ceiling(manifest, budget, s, out / "cache",
+                                                                  _preset(suite, budget)))):
+            done = out / _slug(name) / f"seed{seed}" / "evaluation.json"
+            if done.is_file():
+                runs.setdefault(name, {})[seed] = json.loads(done.read_text())
+            elif not finished_only:
+                runs.setdefault(name, {})[seed] = make(seed)
+                done.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(done, json.dumps(runs[name][seed]))
     result = summarise(suite, budget, runs, bootstrap)
-    result.update({"data": str(manifest_path), "budget": asdict(budget), "seeds": list(seeds),
+    result.update({"data": str(manifest_path), "budget": asdict(budget),
+                   "seeds": sorted({s for by_seed in runs.values() for s in by_seed}),
                    "minutes": round((time.time() - started) / 60, 1)})
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "ablation.json", json.dumps(result, indent=2))
@@ -369,7 +407,8 @@ def summarise(suite: Suite, budget: Budget, runs: dict[str, dict[int, dict]], re
     """The table of ``runs[variant][seed]`` (each from ``evaluate_run``) and the suite's claims judged."""
     columns = metric_columns(budget)
     rows = []
-    for variant in (v for v in suite.variants if v.name in runs):
+    references = [Variant(FLOOR, "", paper="–"), Variant(CEILING, "", paper="–")]
+    for variant in (v for v in [*suite.variants, *references] if v.name in runs):
         seeds = sorted(runs[variant.name])
         per_seed = [runs[variant.name][s] for s in seeds]
         cells = {}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from medgrain.ablation import ABLATIONS, Claim, compare, metric_columns, run_ablation, verdict
+from medgrain.ablation import ABLATIONS, CEILING, FLOOR, Claim, compare, metric_columns, run_ablation, verdict
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +21,11 @@ def synth(tmp_path_factory):
 def test_each_suite_runs_end_to_end_at_a_toy_budget(synth, tmp_path, suite):
     result = run_ablation(suite, synth, tmp_path / suite, seeds=(0,), budget="toy", device="cpu", bootstrap=50)
     stored = json.loads((tmp_path / suite / "ablation.json").read_text())
-    assert stored["suite"] == suite and [r["variant"] for r in stored["rows"]] == [v.name for v in ABLATIONS.get(suite).variants]
-    for row in stored["rows"]:
+    names = [v.name for v in ABLATIONS.get(suite).variants]
+    assert stored["suite"] == suite and [r["variant"] for r in stored["rows"]] == [*names, FLOOR, CEILING]
+    ceiling = stored["rows"][-1]["cells"]
+    assert 0 <= ceiling["linear probe 100%"]["mean"] <= 1 and ceiling["zero-shot"]["mean"] is None
+    for row in stored["rows"][:-1]:
         assert list(row["cells"]) == result["columns"]
         for column in ("linear probe 100%", "zero-shot", "segmentation 100%"):
             value = row["cells"][column]["mean"]
