@@ -363,16 +363,7 @@ def _add_pretrain(sub) -> None:
     p.set_defaults(func=_cmd_pretrain)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-
-    parser = argparse.ArgumentParser(
-        prog="medgrain",
-        description="Medical vision-language pretraining at several text granularities: MGLL, MGCA, CLIP.",
-    )
-    parser.add_argument("--version", action="version", version=f"medgrain {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_synth(sub) -> None:
     p = sub.add_parser("synth", help="generate a synthetic multi-granular medical dataset")
     p.add_argument("--domain", default="cxr", choices=["cxr", "fundus"])
     p.add_argument("--out", required=True, type=Path)
@@ -382,19 +373,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1)
     p.set_defaults(func=_cmd_synth)
 
+
+def _add_info(sub) -> None:
     p = sub.add_parser("info", help="summarise a manifest")
     p.add_argument("path", type=Path)
     p.add_argument("--on-error", default="raise", choices=["raise", "skip"])
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_cmd_info)
 
-    _add_pretrain(sub)
-    _add_ablate(sub)
-    _add_evaluate(sub)
-    _add_prepare(sub)
-    _add_export(sub)
-    _add_encode(sub)
 
+def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="pretrain every objective on synthetic data, evaluate, report",
                        description="Generates (or reuses) a synthetic dataset, pretrains every method (objective) "
                                    "with the same budget, evaluates each next to a random baseline, and writes "
@@ -410,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=_cmd_demo)
 
+
+def _add_attention(sub) -> None:
     p = sub.add_parser("attention", help="word-to-image attention maps of a checkpoint with token heads (MGCA)")
     p.add_argument("--checkpoint", required=True, type=Path)
     p.add_argument("--image", required=True, type=Path)
@@ -419,6 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.1, help="softmax temperature of word-to-patch attention")
     p.set_defaults(func=_cmd_attention)
 
+
+def _add_report(sub) -> None:
     p = sub.add_parser("report", help="a self-contained HTML report of pretraining and evaluation runs")
     p.add_argument("run_dirs", nargs="*", type=Path, help="run folders (default: those listed in --results)")
     p.add_argument("--out", required=True, type=Path)
@@ -428,6 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path)
     p.set_defaults(func=_cmd_report)
 
+
+def _add_shard(sub) -> None:
     p = sub.add_parser("shard", help="pack a manifest into WebDataset tar shards (pretrain with data.shards=DIR)",
                        description="Writes DIR/shard-NNNNNN.tar, DIR/index.json (random access) and DIR/manifest.jsonl. "
                                    "The shards are plain WebDataset: open_clip's loader streams them too.")
@@ -438,6 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--on-error", default="raise", choices=["raise", "skip"])
     p.set_defaults(func=_cmd_shard)
 
+
+def _add_leakage(sub) -> None:
     p = sub.add_parser("leakage", help="images of manifest B that also appear in manifest A (perceptual hash)")
     p.add_argument("a", type=Path, help="e.g. the pretraining manifest")
     p.add_argument("b", type=Path, help="e.g. a downstream test manifest")
@@ -446,6 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fail", action="store_true", help="exit with status 1 when any image leaks")
     p.set_defaults(func=_cmd_leakage)
 
+
+def _add_reproduce(sub) -> None:
     p = sub.add_parser("reproduce", help="run a paper table's protocol and print the paper's numbers next to ours",
                        description="Tables: mgca-linear-probe, mgca-segmentation, mgca-detection, mgll-linear-probe, "
                                    "mgll-finetune (docs/evaluation.md, Reproducing the papers' tables). Each dataset "
@@ -462,8 +460,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="write the table, the missing datasets and every result as JSON")
     p.set_defaults(func=_cmd_reproduce)
 
+
+def _add_compare(sub) -> None:
     p = sub.add_parser("compare", help="paired bootstrap difference of two evaluations on the same test set",
-                       description="Per metric: A, B, A - B with its 95%% interval and the p-value of no difference, "
+                       description="Per metric: A, B, A - B with its 95% interval and the p-value of no difference, "
                                    "from the per-image values both result files stored (zero-shot, linear-probe, "
                                    "finetune, grounding).")
     p.add_argument("a", type=Path, help="result JSON of `medgrain evaluate ... --out`")
@@ -472,6 +472,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the resampling")
     p.add_argument("--out", type=Path, help="write the comparison JSON here")
     p.set_defaults(func=_cmd_compare)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="medgrain",
+        description="Medical vision-language pretraining at several text granularities: MGLL, MGCA, CLIP.",
+    )
+    parser.add_argument("--version", action="version", version=f"medgrain {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_synth(sub)
+    _add_info(sub)
+    _add_pretrain(sub)
+    _add_ablate(sub)
+    _add_evaluate(sub)
+    _add_prepare(sub)
+    _add_export(sub)
+    _add_encode(sub)
+    _add_demo(sub)
+    _add_attention(sub)
+    _add_report(sub)
+    _add_shard(sub)
+    _add_leakage(sub)
+    _add_reproduce(sub)
+    _add_compare(sub)
     _add_debug(parser, sub)
     return parser
 
