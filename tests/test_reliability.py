@@ -46,6 +46,10 @@ def run_cli(argv: list[str], tmp: Path, prepare=None) -> tuple[int | str, str]:
             os.dup2(fd, 2)
             os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
             sys.stderr = io.TextIOWrapper(os.fdopen(2, "wb", closefd=False), write_through=True)
+            # One thread, and the thread helper told so (it honours OMP_NUM_THREADS): a child forked from a
+            # parent whose OpenMP pool has run (earlier tests in the same pytest process) deadlocks in its
+            # first parallel region otherwise (libgomp is not fork-safe).
+            os.environ["OMP_NUM_THREADS"] = "1"
             torch.set_num_threads(1)
             if prepare:
                 prepare()
