@@ -15,9 +15,9 @@ from medgrain.training.loop import train
 
 @pytest.mark.slow
 def test_tiny_clip_beats_random_downstream(tmp_path):
-    from medgrain.data.synthetic import generate
     from dataclasses import replace
 
+    from medgrain.data.synthetic import generate
     from medgrain.demo import FULL
 
     budget = replace(FULL, epochs=6)
