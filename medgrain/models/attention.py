@@ -51,6 +51,23 @@ def cls_attention_probs(
     return scores.softmax(dim=-1).mean(dim=1)[:, 0].to(x.dtype)
 
 
+def multihead_cls_attention(attn: nn.MultiheadAttention, captured: torch.Tensor, **kwargs) -> torch.Tensor:
+    """``cls_attention_probs`` for a ``nn.MultiheadAttention`` (open_clip's towers) whose query input was
+    ``captured``: its packed in-projection split into the query and key parts. ``kwargs``: ``key_mask``,
+    ``query_index``."""
+    x = captured if attn.batch_first else captured.transpose(0, 1)
+    dim = attn.embed_dim
+    weight, bias = attn.in_proj_weight, attn.in_proj_bias
+    return cls_attention_probs(
+        x,
+        weight[:dim], None if bias is None else bias[:dim],
+        weight[dim : 2 * dim], None if bias is None else bias[dim : 2 * dim],
+        num_heads=attn.num_heads,
+        scale=(dim // attn.num_heads) ** -0.5,
+        **kwargs,
+    )
+
+
 class CaptureInput:
     """Keeps the first input (positional, or the keyword ``name``) of a module during one forward pass.
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from medgrain.errors import loading
-from medgrain.models.attention import CaptureInput, cls_attention_probs
+from medgrain.models.attention import CaptureInput, cls_attention_probs, multihead_cls_attention
 from medgrain.models.hub import fetching, local_file, looks_like_path, unavailable
 
 # timm modules whose models are VisionTransformer with timm's Attention (qkv projection).
@@ -254,16 +254,7 @@ class OpenCLIPVisionTower(ImageTower):
         attn: nn.MultiheadAttention = self.trunk.transformer.resblocks[-1].attn
         with CaptureInput(attn, "query") as captured:
             pooled, patch_tokens = self.trunk(images)
-        x = captured.value if attn.batch_first else captured.value.transpose(0, 1)
-        dim = attn.embed_dim
-        weight, bias = attn.in_proj_weight, attn.in_proj_bias
-        probs = cls_attention_probs(
-            x,
-            weight[:dim], None if bias is None else bias[:dim],
-            weight[dim : 2 * dim], None if bias is None else bias[dim : 2 * dim],
-            num_heads=attn.num_heads,
-            scale=(dim // attn.num_heads) ** -0.5,
-        )
+        probs = multihead_cls_attention(attn, captured.value)
         return ImageOutput(
             pooled, patch_tokens, _over_patches(probs, 1), _grid_or_none(self.trunk.grid_size, patch_tokens)
         )

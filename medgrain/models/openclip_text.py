@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medgrain.data.text import Tokenizer
-from medgrain.models.attention import CaptureInput, cls_attention_probs
+from medgrain.models.attention import CaptureInput, multihead_cls_attention
 from medgrain.models.text import TextOutput
 
 MODEL_TYPE = "open_clip_text"
@@ -99,22 +99,12 @@ class OpenCLIPTextTower(nn.Module):
         attn: nn.MultiheadAttention = self.transformer.transformer.resblocks[-1].attn
         with CaptureInput(attn, "query") as captured:
             pooled, hidden = self._run(input_ids)
-        x = captured.value if attn.batch_first else captured.value.transpose(0, 1)
-        x = x[:, : input_ids.shape[1]]
+        length = input_ids.shape[1]
+        x = captured.value[:, :length] if attn.batch_first else captured.value[:length]
         index = self._pooled_index(input_ids)
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        positions = torch.arange(length, device=input_ids.device)
         keys = (positions[None] <= index[:, None]) & attention_mask.bool()  # causal: what the pooled token sees
-        dim = attn.embed_dim
-        weight, bias = attn.in_proj_weight, attn.in_proj_bias
-        attention = cls_attention_probs(
-            x,
-            weight[:dim], None if bias is None else bias[:dim],
-            weight[dim : 2 * dim], None if bias is None else bias[dim : 2 * dim],
-            num_heads=attn.num_heads,
-            scale=(dim // attn.num_heads) ** -0.5,
-            key_mask=keys,
-            query_index=index,
-        )
+        attention = multihead_cls_attention(attn, x, key_mask=keys, query_index=index)
         return TextOutput(pooled, hidden, attention)
 
 
