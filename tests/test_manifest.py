@@ -226,3 +226,20 @@ def test_csv_non_utf8_byte_names_its_line_and_column(tmp_path):
     assert info.value.line == 302
     m = read_manifest(path, on_error="skip")
     assert len(m.records) == 399 and [(s.line, s.field) for s in m.skipped] == [(302, "texts.disease")]
+
+
+def test_info_counts_skips_per_reason_and_shows_the_first_lines_of_each(tmp_path):
+    from medgrain.data.skips import SHOWN
+
+    bad_split = [record(id=f"s{i}", split="val") for i in range(SHOWN + 2)]
+    path = write_lines(tmp_path / "m.jsonl", [GOOD, *bad_split])
+    with open(path, "a") as f:
+        f.write("{not json\n")
+    summary = summarize(read_manifest(path, on_error="skip"))
+    assert summary["skipped_by_reason"] == {"invalid field 'split'": SHOWN + 2, "malformed JSON": 1}
+    assert len(summary["skipped"]) == SHOWN + 3  # --json keeps every line
+    text = format_summary(summary)
+    assert f"skipped records: {SHOWN + 3}" in text and f"invalid field 'split': {SHOWN + 2}" in text
+    assert "malformed JSON: 1" in text and "and 2 more" in text
+    # lines 2 to SHOWN + 1 are the first bad splits; the others are counted, not listed
+    assert f"line {SHOWN + 1} field 'split'" in text and f"line {SHOWN + 2} field" not in text

@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .manifest import SPLITS, Manifest
+from .skips import SHOWN
 
 
 def summarize(manifest: Manifest, top: int = 5) -> dict[str, Any]:
@@ -66,7 +67,9 @@ def summarize(manifest: Manifest, top: int = 5) -> dict[str, Any]:
         "findings": findings,
         "cooccurring": cooccurring,
         "granularities": granularities,
-        "skipped": [{"line": s.line, "field": s.field, "reason": s.reason} for s in manifest.skipped],
+        "skipped": [{"line": s.line, "field": s.field, "reason": s.reason, "kind": s.kind}
+                    for s in manifest.skipped],
+        "skipped_by_reason": dict(sorted(Counter(s.kind for s in manifest.skipped).items())),
     }
 
 
@@ -118,9 +121,14 @@ def format_summary(summary: dict[str, Any], width: int = 100) -> str:
 
     skipped = summary["skipped"]
     console.print(f"skipped records: {len(skipped)}")
-    for s in skipped:
-        field = f" field '{s['field']}'" if s["field"] else ""
-        console.print(f"  line {s['line']}{field}: {s['reason']}", markup=False, highlight=False)
+    for kind, count in summary["skipped_by_reason"].items():  # counted per reason; the first lines of each shown
+        lines = [s for s in skipped if s["kind"] == kind]
+        console.print(f"  {kind}: {count}", markup=False, highlight=False)
+        for s in lines[:SHOWN]:
+            field = f" field '{s['field']}'" if s["field"] else ""
+            console.print(f"    line {s['line']}{field}: {s['reason']}", markup=False, highlight=False)
+        if count > SHOWN:
+            console.print(f"    and {count - SHOWN} more (--json lists every line)", markup=False, highlight=False)
     return console.file.getvalue()
 
 
