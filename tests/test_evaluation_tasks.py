@@ -205,3 +205,23 @@ def test_suite_runs_what_the_data_and_tower_allow(bench, tmp_path):
     assert result["metrics"]["detect"]["skipped"].startswith("detection needs a ResNet")
     assert "macro" in result["metrics"]["zero-shot"]["metrics"]
     assert "100%" in result["metrics"]["segment"]["metrics"]["fractions"]
+
+
+def test_skip_screening_leaves_out_a_box_outside_its_image(bench):
+    """Under on_error=skip, detection's box check is screened with the images, up front: the record is left
+    out and counted, instead of failing the detection run when its loader reaches it."""
+    from medgrain.evaluation.data import without_unreadable_images
+
+    manifest = read_manifest(bench["manifest"])
+    k = next(i for i, r in enumerate(manifest.records) if any(f.box for f in r.findings))
+    record = manifest.records[k]
+    j = next(i for i, f in enumerate(record.findings) if f.box)
+    findings = list(record.findings)
+    findings[j] = findings[j].model_copy(update={"box": [0.0, 0.0, 64.0, 65.0]})  # the images are 64x64
+    records = list(manifest.records)
+    records[k] = record.model_copy(update={"findings": findings})
+    path = write_manifest(records, bench["manifest"].parent / "box-outside.jsonl")
+    kept, skips = without_unreadable_images(read_manifest(path))
+    assert [r.id for r in kept.records] == [r.id for i, r in enumerate(manifest.records) if i != k]
+    assert skips.counts() == {"invalid field 'findings.box'": 1}
+    assert skips.state()["invalid field 'findings.box'"] == [f"{path}:{k + 1}"]

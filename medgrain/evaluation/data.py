@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from medgrain.data.manifest import SPLITS, Manifest, read_manifest
+from medgrain.data.manifest import SPLITS, Manifest, ManifestError, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +19,8 @@ def open_manifest(data: str | Path | Manifest, on_error: str = "raise") -> Manif
 
 def without_unreadable_images(manifest: Manifest):
     """``(manifest, skips)`` for ``on_error="skip"``: every image (and mask) is read once, up front, and
-    the records whose image or one of its masks is missing or cannot be decoded are left out (counted
+    the records whose image or one of its masks is missing or cannot be decoded, or with a box that reaches
+    outside its image, are left out (counted
     per reason in the ``SkipReport``, with the lines the manifest rejected), so that every task sees the
     same records and features, labels and scores stay aligned."""
     from medgrain.data.imageio import ImageReadError
@@ -33,10 +34,13 @@ def without_unreadable_images(manifest: Manifest):
                 if not manifest.has_file(record.image):
                     raise ImageReadError(manifest.resolve(record.image), "file not found", "image file not found")
                 size = tuple(manifest.read_image(record.image).shape[-2:])
-                for finding in record.findings:  # masks too: segmentation reads them with their image
+                for k, finding in enumerate(record.findings):  # masks too: segmentation reads them with their image
                     if finding.mask:
                         manifest.read_mask(finding.mask, size)
-            except ImageReadError as e:
+                    if finding.box and (finding.box[2] > size[1] or finding.box[3] > size[0]):  # detection's check
+                        raise ManifestError(manifest.path, record.line, f"findings.{k}.box",
+                                            f"box {list(finding.box)} reaches outside the {size[1]}x{size[0]} image")
+            except (ImageReadError, ManifestError) as e:
                 log.warning("left out record '%s': %s", record.id, e)
                 skips.add(e.kind, f"{manifest.path}:{record.line}")
                 continue
