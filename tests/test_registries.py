@@ -134,6 +134,14 @@ def test_export_format_is_reachable(name, tmp_path, monkeypatch):
     assert calls == [("loaded ckpt", tmp_path / "out")]
 
 
+def test_export_help_names_every_registered_format(capsys):
+    """The help lists the formats by hand (building the parser must not import torch): it must not fall behind."""
+    with pytest.raises(SystemExit):
+        cli.main(["export", "--help"])
+    help_text = capsys.readouterr().out
+    assert all(name in help_text for name in format_names()), help_text
+
+
 def test_unknown_export_format_lists_the_registered_ones(tmp_path):
     with pytest.raises(UnknownEntryError, match="unknown export format 'onnx'; known: " + ", ".join(format_names())):
         export(tmp_path, "onnx", tmp_path / "out")
