@@ -436,12 +436,25 @@ def summarise(suite: Suite, budget: Budget, runs: dict[str, dict[int, dict]], re
         skipped = {c: why for r in per_seed for c, why in r.get("skipped", {}).items()}
         rows.append({"variant": variant.name, "paper": variant.paper, "seeds": seeds, "cells": cells,
                      "skipped": skipped})
+    _gap_closed(rows, f"linear probe {_pct(1.0)}")
     claims = []
     for claim in suite.claims:
         if claim.better in runs and claim.worse in runs:
             comparison = compare(*_common(runs, claim.better, claim.worse), claim.metric, resamples)
             claims.append({**asdict(claim), **comparison, "verdict": verdict(claim, comparison)})
     return {"suite": suite.name, "paper_metric": suite.paper_metric, "columns": columns, "rows": rows, "claims": claims}
+
+
+def _gap_closed(rows: list[dict], column: str) -> None:
+    """Each row's ``gap_closed``: (mean - floor) / (ceiling - floor) on ``column``, the share of the gap
+    between the random tower and the supervised one that the row's pretraining closes (None without both
+    references, or when the ceiling is not above the floor)."""
+    mean = {r["variant"]: r["cells"].get(column, {}).get("mean") for r in rows}
+    floor, ceiling = mean.get(FLOOR), mean.get(CEILING)
+    for row in rows:
+        value = mean[row["variant"]]
+        usable = None not in (floor, ceiling, value) and ceiling > floor
+        row["gap_closed"] = (value - floor) / (ceiling - floor) if usable else None
 
 
 def _cell(cell: dict[str, Any]) -> str:
@@ -458,11 +471,16 @@ def format_tables(result: dict[str, Any]) -> str:
     """The suite's tables as Markdown: mean ± std over seeds, each run's bootstrap interval, the claims."""
     columns = result["columns"]
     lines = [f"## {result['suite'].upper()} ablation: seeds {result['seeds']}, budget {result['budget']}", "",
-             f"| variant | seeds | paper ({result['paper_metric']}) | " + " | ".join(columns) + " |",
-             "|---|---|---|" + "---:|" * len(columns)]
+             f"| variant | seeds | paper ({result['paper_metric']}) | " + " | ".join(columns)
+             + " | gap closed (linear probe 100%) |",
+             "|---|---|---|" + "---:|" * (len(columns) + 1)]
     for row in result["rows"]:
+        closed = row.get("gap_closed")
         lines.append(f"| {row['variant']} | {len(row['seeds'])} | {row['paper'] or '–'} | "
-                     + " | ".join(_cell(row["cells"][c]) for c in columns) + " |")
+                     + " | ".join(_cell(row["cells"][c]) for c in columns)
+                     + f" | {'–' if closed is None else f'{closed:.0%}'} |")
+    lines += ["", "Gap closed: (mean - floor) / (ceiling - floor), the share of the way from the random tower's "
+              "linear probe to the supervised tower that the pretraining goes (means over seeds)."]
     lines += ["", "Each run's 95% bootstrap interval over test images (macro AUROC; columns with per-image scores):", "",
               "| variant | seed | " + " | ".join(c for c in columns if c.startswith(("linear", "zero"))) + " |",
               "|---|---:|" + "---|" * sum(c.startswith(("linear", "zero")) for c in columns)]

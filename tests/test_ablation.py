@@ -34,7 +34,7 @@ def test_each_suite_runs_end_to_end_at_a_toy_budget(synth, tmp_path, suite):
     assert all(c["verdict"] in ("held", "reversed", "cannot be told apart", "did not hold", "not measured")
                for c in stored["claims"])
     table = (tmp_path / suite / "table.md").read_text()
-    assert all(v.name in table for v in ABLATIONS.get(suite).variants) and "verdict" in table
+    assert all(v.name in table for v in ABLATIONS.get(suite).variants) and "verdict" in table and "gap closed" in table
     # a second call reuses every finished run instead of training again
     again = run_ablation(suite, synth, tmp_path / suite, seeds=(0,), budget="toy", device="cpu", bootstrap=50)
     assert again["rows"] == stored["rows"]
@@ -95,3 +95,17 @@ def test_claims_name_existing_variants_and_columns():
         for claim in suite.claims:
             assert {claim.better, claim.worse} <= names
             assert claim.metric in metric_columns(BUDGETS["cpu"])
+
+
+def test_gap_closed_is_the_share_of_floor_to_ceiling():
+    from medgrain.ablation import _gap_closed
+
+    def row(name, value):
+        return {"variant": name, "cells": {"linear probe 100%": {"mean": value}}}
+
+    rows = [row("A", 0.7), row("B", None), row(FLOOR, 0.6), row(CEILING, 0.8)]
+    _gap_closed(rows, "linear probe 100%")
+    assert [r["gap_closed"] for r in rows] == [pytest.approx(0.5), None, 0.0, 1.0]
+    below = [row("A", 0.7), row(FLOOR, 0.6), row(CEILING, 0.55)]  # a "ceiling" under the floor is no reference
+    _gap_closed(below, "linear probe 100%")
+    assert [r["gap_closed"] for r in below] == [None, None, None]
