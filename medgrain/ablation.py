@@ -98,8 +98,8 @@ BUDGETS = {
     "toy": Budget(epochs=1, batch_size=8, lr=1e-3, image_size=32, preset="tiny", segment_epochs=1,
                   fractions=(1.0,), segment_fractions=(1.0,), stop_after_steps=1, ceiling_epochs=1),
     "cpu": Budget(epochs=2, batch_size=32, lr=1e-3, image_size=128, preset="tiny", segment_epochs=2),
-    # "cpu-long": 3 epochs, meant for 1,200 images (`medgrain synth --n 1200`): 90 steps where "cpu" on 400
-    # images takes 20, and a 120-image test split; about 3x the cpu budget's time per run.
+    # "cpu-long": 3 epochs, meant for 1,200 images (`medgrain synth --n 1200`): 87 steps where "cpu" on 400
+    # images takes 20, and a 121-image test split; about 3x the cpu budget's time per run.
     "cpu-long": Budget(epochs=3, batch_size=32, lr=1e-3, image_size=128, preset="tiny", segment_epochs=2),
     "pretrained": Budget(epochs=5, batch_size=64, lr=3e-4, image_size=128, preset="effnet-minilm", segment_epochs=5),
 }
