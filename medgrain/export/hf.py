@@ -86,19 +86,38 @@ def _clip_text_pairs(layers: int) -> list[tuple[str, str]]:
     return pairs
 
 
-def open_clip_to_hf_text(state: dict[str, torch.Tensor], layers: int) -> dict[str, torch.Tensor]:
-    """open_clip TextTransformer weights -> CLIPTextModelWithProjection's."""
-    out = {hf: state[oc] for oc, hf in _clip_text_pairs(layers)}
-    out.update(_split_qkv(state, layers, "text_model.encoder.layers."))
-    out["text_projection.weight"] = state["text_projection"].T
+# Per tower: the name pairs, the layer prefix and the projection (open_clip's (d_in, d_out) parameter is the
+# transpose of transformers' Linear weight).
+_TOWERS = {
+    "text": (_clip_text_pairs, "text_model.encoder.layers.", "text_projection", "text_projection.weight"),
+    "vision": (_clip_pairs, "vision_model.encoder.layers.", "proj", "visual_projection.weight"),
+}
+
+
+def _open_clip_to_hf(tower: str, state: dict[str, torch.Tensor], layers: int) -> dict[str, torch.Tensor]:
+    pairs, prefix, oc_proj, hf_proj = _TOWERS[tower]
+    out = {hf: state[oc] for oc, hf in pairs(layers)}
+    out.update(_split_qkv(state, layers, prefix))
+    out[hf_proj] = state[oc_proj].T
     return {k: v.detach().contiguous() for k, v in out.items()}
 
 
-def hf_to_open_clip_text(state: dict[str, torch.Tensor], layers: int) -> dict[str, torch.Tensor]:
-    out = {oc: state[hf] for oc, hf in _clip_text_pairs(layers)}
-    out.update(_merge_qkv(state, layers, "text_model.encoder.layers."))
-    out["text_projection"] = state["text_projection.weight"].T.contiguous()
+def _hf_to_open_clip(tower: str, state: dict[str, torch.Tensor], layers: int) -> dict[str, torch.Tensor]:
+    pairs, prefix, oc_proj, hf_proj = _TOWERS[tower]
+    out = {oc: state[hf] for oc, hf in pairs(layers)}
+    out.update(_merge_qkv(state, layers, prefix))
+    out[oc_proj] = state[hf_proj].T.contiguous()
     return out
+
+
+def open_clip_to_hf_text(state: dict[str, torch.Tensor], layers: int) -> dict[str, torch.Tensor]:
+    """open_clip TextTransformer weights -> CLIPTextModelWithProjection's."""
+    return _open_clip_to_hf("text", state, layers)
+
+
+def hf_to_open_clip_text(state: dict[str, torch.Tensor], layers: int) -> dict[str, torch.Tensor]:
+    """The inverse of open_clip_to_hf_text."""
+    return _hf_to_open_clip("text", state, layers)
 
 
 def clip_text_config(tower, tokenizer):
@@ -124,18 +143,12 @@ def clip_text_config(tower, tokenizer):
 
 def open_clip_to_hf_vision(state: dict[str, torch.Tensor], layers: int) -> dict[str, torch.Tensor]:
     """open_clip VisionTransformer weights -> CLIPVisionModelWithProjection's."""
-    out = {hf: state[oc] for oc, hf in _clip_pairs(layers)}
-    out.update(_split_qkv(state, layers, "vision_model.encoder.layers."))
-    out["visual_projection.weight"] = state["proj"].T
-    return {k: v.detach().contiguous() for k, v in out.items()}
+    return _open_clip_to_hf("vision", state, layers)
 
 
 def hf_to_open_clip_vision(state: dict[str, torch.Tensor], layers: int) -> dict[str, torch.Tensor]:
     """The inverse of open_clip_to_hf_vision."""
-    out = {oc: state[hf] for oc, hf in _clip_pairs(layers)}
-    out.update(_merge_qkv(state, layers, "vision_model.encoder.layers."))
-    out["proj"] = state["visual_projection.weight"].T.contiguous()
-    return out
+    return _hf_to_open_clip("vision", state, layers)
 
 
 def clip_vision_config(model, config: ModelConfig):
