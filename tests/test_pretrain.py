@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _resume import assert_resumed_losses_match
 
 from medgrain.losses.objective import OBJECTIVES
 from medgrain.training.config import load_config
@@ -77,14 +78,7 @@ def test_resume_gives_the_same_losses(synth_manifest, tmp_path):
     full = train(_cfg(synth_manifest, tmp_path / "full", "mgll", epochs=2, eval_at_start=False))
     train(_cfg(synth_manifest, tmp_path / "cut", "mgll", epochs=2, eval_at_start=False, stop_after_steps=5))
     resumed = train(_cfg(synth_manifest, tmp_path / "cut", "mgll", epochs=2, eval_at_start=False), resume=True)
-
-    def by_step(history):
-        return {r["step"]: r["loss"] for r in history if r["split"] == "train"}
-
-    a, b = by_step(full.history), by_step(resumed.history)
-    assert min(b) == 6 and set(b) <= set(a)
-    for step, loss in b.items():
-        assert loss == pytest.approx(a[step], rel=1e-5, abs=1e-6), (step, loss, a[step])
+    assert_resumed_losses_match(full, resumed, first_step=6)
 
 
 def test_resume_without_checkpoint_is_a_clear_error(synth_manifest, tmp_path):

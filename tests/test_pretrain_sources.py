@@ -4,6 +4,7 @@ purpose (data.drop_texts): both sources are drawn, the loss falls, resume stays 
 import json
 
 import pytest
+from _resume import assert_resumed_losses_match
 
 from medgrain.data.manifest import read_manifest, write_manifest
 from medgrain.training.config import load_config
@@ -69,14 +70,7 @@ def test_resume_is_exact_with_sources_and_drop_texts(two_sources, tmp_path):
     full = train(_cfg(two_sources, tmp_path / "full", epochs=2, eval_at_start=False, drop_texts=drop))
     train(_cfg(two_sources, tmp_path / "cut", epochs=2, eval_at_start=False, drop_texts=drop, stop_after_steps=5))
     resumed = train(_cfg(two_sources, tmp_path / "cut", epochs=2, eval_at_start=False, drop_texts=drop), resume=True)
-
-    def by_step(history):
-        return {r["step"]: r["loss"] for r in history if r["split"] == "train"}
-
-    a, b = by_step(full.history), by_step(resumed.history)
-    assert min(b) == 6 and set(b) <= set(a)
-    for step, loss in b.items():
-        assert loss == pytest.approx(a[step], rel=1e-5, abs=1e-6), (step, loss, a[step])
+    assert_resumed_losses_match(full, resumed, first_step=6)
     dropped = json.loads((tmp_path / "full" / "dropped_texts.json").read_text())
     assert dropped == json.loads((tmp_path / "cut" / "dropped_texts.json").read_text())
     cxr = dropped["sources"]["cxr"]

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from _resume import assert_resumed_losses_match, train_losses
 
 from medgrain.data.dataset import ImageTextDataset
 from medgrain.data.imageio import ImageReadError
@@ -87,22 +88,15 @@ def _cfg(out, train_options=None, **data):
     })
 
 
-def _train_losses(history):
-    return {r["step"]: r["loss"] for r in history if r["split"] == "train"}
-
-
 @pytest.mark.slow
 def test_pretraining_on_shards_equals_files_and_resumes_exactly(synth, shards, tmp_path):
     on_files = train(_cfg(tmp_path / "files", manifest=str(synth)))
     on_shards = train(_cfg(tmp_path / "shards", shards=str(shards)))
-    assert _train_losses(on_files.history) == _train_losses(on_shards.history)
+    assert train_losses(on_files.history) == train_losses(on_shards.history)
 
     train(_cfg(tmp_path / "cut", {"stop_after_steps": 3}, shards=str(shards)))
     resumed = train(_cfg(tmp_path / "cut", shards=str(shards)), resume=True)
-    full, again = _train_losses(on_shards.history), _train_losses(resumed.history)
-    assert min(again) == 4 and set(again) <= set(full)
-    for step, loss in again.items():
-        assert loss == pytest.approx(full[step], rel=1e-6, abs=1e-7), step
+    assert_resumed_losses_match(on_shards, resumed, first_step=4, rel=1e-6, abs=1e-7)
 
 
 def test_config_takes_exactly_one_source(tmp_path):
