@@ -1,9 +1,8 @@
 import numpy as np
 import pytest
 import torch
+from _images import dicom_dataset, dicom_without_pixels
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from medgrain.data.imageio import ImageReadError, read_image, read_mask
 
@@ -11,11 +10,7 @@ GREY = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
 
 
 def write_dicom(path, pixels, photometric="MONOCHROME2", signed=False, **attributes):
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    ds = dicom_dataset()
     ds.set_pixel_data(pixels, photometric_interpretation=photometric, bits_stored=pixels.dtype.itemsize * 8)
     for name, value in attributes.items():
         setattr(ds, name, value)
@@ -198,12 +193,6 @@ def test_non_finite_npz_and_dicom_without_pixels(tmp_path):
         np.savez(tmp_path / "nan.npz", image=np.array([[0.0, value]], np.float32))
         with pytest.raises(ImageReadError, match=r"nan\.npz: array has NaN or infinite values"):
             read_image(tmp_path / "nan.npz")
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
-    ds.PatientID = "p1"
-    ds.save_as(tmp_path / "report.dcm", enforce_file_format=True)
+    dicom_without_pixels(tmp_path / "report.dcm")
     with pytest.raises(ImageReadError, match=r"report\.dcm: not a readable DICOM: it holds no pixel data"):
         read_image(tmp_path / "report.dcm")

@@ -25,9 +25,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _images import dicom_without_pixels
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 REPO = Path(__file__).resolve().parents[1]
 N_GOOD = 8  # good train records beside the bad ones; one batch holds them all
@@ -88,16 +87,6 @@ def with_ihdr_size(png: bytes, width: int, height: int) -> bytes:
     data[16:24] = struct.pack(">II", width, height)
     data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
     return bytes(data)
-
-
-def dicom_without_pixels(path: Path) -> None:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
-    ds.PatientID = "p"
-    ds.save_as(path, enforce_file_format=True)
 
 
 def bad_images(folder: Path) -> dict[str, tuple[str, str]]:
