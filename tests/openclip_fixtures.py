@@ -69,3 +69,17 @@ def write_open_clip_dir(directory: Path, model_cfg: dict, seed: int = 0, bert_di
 
 def biomedclip_cfg(vision: dict = BIOMEDCLIP_VISION, embed_dim: int = 512, text: dict | None = None) -> dict:
     return {"embed_dim": embed_dim, "vision_cfg": dict(vision), "text_cfg": dict(text or {})}
+
+
+def assert_encoders_equal(model, tokenizer, clip, name: str, atol: float = 1e-5) -> None:
+    """medgrain's ``model`` and ``tokenizer`` encode images and ``TEXTS`` as open_clip's ``clip`` (model
+    ``name``, with open_clip's own tokenizer) does: the normalised embeddings agree to ``atol``."""
+    import open_clip
+
+    images = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval().encode_image(images), clip.encode_image(images, normalize=True),
+                                   rtol=0, atol=atol)
+        theirs = open_clip.get_tokenizer(name)(TEXTS)
+        torch.testing.assert_close(model.encode_text(tokenizer(TEXTS)), clip.encode_text(theirs, normalize=True),
+                                   rtol=0, atol=atol)
